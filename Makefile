@@ -1,0 +1,46 @@
+# Setup is idempotent: the venv and the install happen once (again only when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+# torch and torchvision CUDA builds that this platform keeps on local disk (platform.md §3).
+TORCH_PIN := torch==2.14.1
+# Debian packages the project uses (grows with the recognizers): g++ builds the fused CPU scan kernel.
+SYSTEM_PACKAGES := g++
+
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: test test-fast bench lint system-deps install
+
+test: system-deps $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not e2e"
+
+bench: $(STAMP)
+	$(PY) benchmarks/scan_speed.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Installs missing Debian packages when root or passwordless sudo is available; otherwise says what
+# is missing (tests that need it then skip, or fail under CI=true).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "system-deps: missing Debian packages:$$missing (no root or sudo to install them)"; fi; \
+	fi

@@ -1,0 +1,1 @@
+"""Datasets, vocabularies, preprocessing and synthetic corpora (no Lightning, no recognizers)."""

@@ -1,0 +1,33 @@
+"""Shared test setup: markers, the Triton interpreter on CPU-only machines, CI strictness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+# The Triton interpreter must be switched on before triton is first imported (Triton issue #4317).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_tool(tool: str, package: str) -> None:
+    """Skip when a system tool is missing; under CI=true fail instead (interfaces.md, Setup)."""
+    if shutil.which(tool) is None:
+        message = f"{tool} not found: install the Debian package {package} (make system-deps)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,1 @@
+"""Lightning training wiring. Deliberately empty, so ``training.metrics`` imports without Lightning."""
