@@ -62,45 +62,53 @@ def selective_scan_chunked(
         raise ValueError(f"selective_scan_chunked: chunk_size must be >= 1, got {q}")
     u_c = u.to(ct)
     dt = effective_delta(delta.to(ct), delta_bias, delta_softplus, mask)  # (Bsz, D, L)
-    Bc = per_channel(B.to(ct), dim).transpose(-1, -2)  # (Bsz|1, D|1, L|1, N)
-    Cc = per_channel(C.to(ct), dim).transpose(-1, -2)
-    a = torch.exp(dt[..., None] * A.to(ct)[:, None, :])  # (Bsz, D, L, N)
-    bu = (dt * u_c)[..., None] * Bc  # (Bsz, D, L, N)
-
-    # Pad L to a multiple of Q with identity steps (ā = 1, b̄ = 0): they leave the state unchanged.
+    # Pad L to a multiple of Q with Δ = 0 steps (ā = 1, b̄ = 0), which leave the state unchanged, and
+    # lay time out chunk-position-major, (Q, …, nc), so every step of the loops below is contiguous.
     nc = -(-length // q) if length else 0
     pad = nc * q - length
-    if pad:
-        a = F.pad(a, (0, 0, 0, pad), value=1.0)
-        bu = F.pad(bu, (0, 0, 0, pad), value=0.0)
-    a = a.reshape(bsz, dim, nc, q, n)  # (Bsz, D, nc, Q, N)
-    bu = bu.reshape(bsz, dim, nc, q, n)
+    dt_q = _q_major(F.pad(dt, (0, pad)), nc, q)  # (Q, Bsz, D, nc)
+    dtu_q = _q_major(F.pad(dt * u_c, (0, pad)), nc, q)
+    B_q = _bc_q_major(per_channel(B.to(ct), dim), pad, nc, q)  # (Q|1, Bsz|1, D|1, nc|1, N)
+    C_q = _bc_q_major(per_channel(C.to(ct), dim), pad, nc, q)
+    a = torch.exp(dt_q[..., None] * A.to(ct)[:, None, :])  # (Q, Bsz, D, nc, N)
+    bu = dtu_q[..., None] * B_q  # (Q, Bsz, D, nc, N)
 
-    h_local = _local_scan(a, bu)  # (Bsz, D, nc, Q, N): states from a zero start in each chunk
-    a_prod = torch.cumprod(a, dim=3)  # (Bsz, D, nc, Q, N): ∏ ā from the chunk start, ≤ 1
+    h_local = _local_scan(a, bu)  # (Q, Bsz, D, nc, N): states from a zero start in each chunk
+    a_prod = torch.cumprod(a, dim=0)  # (Q, Bsz, D, nc, N): ∏ ā from the chunk start, ≤ 1
     h0 = u_c.new_zeros(bsz, dim, n) if initial_state is None else initial_state.to(ct)
-    h_in = _carry_across_chunks(a_prod[:, :, :, -1], h_local[:, :, :, -1], h0)  # (Bsz, D, nc, N)
-    h = h_local + a_prod * h_in[:, :, :, None]  # (Bsz, D, nc, Q, N)
-    h = h.reshape(bsz, dim, nc * q, n)[:, :, :length]  # (Bsz, D, L, N)
+    h_in = _carry_across_chunks(a_prod[-1], h_local[-1], h0)  # (Bsz, D, nc, N)
+    h = h_local + a_prod * h_in  # (Q, Bsz, D, nc, N)
 
-    y = (h * Cc).sum(-1)  # (Bsz, D, L)
+    y = (h * C_q).sum(-1).movedim(0, -1).flatten(-2)[..., :length]  # (Bsz, D, L)
     if D is not None:
         y = y + D.to(ct)[:, None] * u_c
     if z is not None:
         y = y * F.silu(z.to(ct))
-    last = h[:, :, -1] if length else h0
+    last = h[(length - 1) % q, :, :, (length - 1) // q] if length else h0
     return y.to(u.dtype), last
 
 
+def _q_major(x: torch.Tensor, nc: int, q: int) -> torch.Tensor:
+    """`(…, nc·Q)` → `(Q, …, nc)`, contiguous."""
+    return x.unflatten(-1, (nc, q)).movedim(-1, 0).contiguous()
+
+
+def _bc_q_major(x: torch.Tensor, pad: int, nc: int, q: int) -> torch.Tensor:
+    """Per-channel B or C `(Bsz|1, D|1, N, L|1)` → `(Q|1, Bsz|1, D|1, nc|1, N)`."""
+    if x.shape[-1] == 1:  # time-invariant: broadcast over Q and nc
+        return x.transpose(-1, -2)[None]
+    return _q_major(F.pad(x, (0, pad)), nc, q).transpose(-1, -2)
+
+
 def _local_scan(a: torch.Tensor, bu: torch.Tensor) -> torch.Tensor:
-    """Run h ← ā·h + b̄ from zero inside every chunk at once; `(…, Q, N)` in and out."""
+    """Run h ← ā·h + b̄ from zero inside every chunk at once; `(Q, …)` in and out."""
     states = []
-    h = torch.zeros_like(bu[..., 0, :])
+    h = torch.zeros_like(bu[0])
     # unbind rather than index: indexing's backward writes a full-size zero tensor per step.
-    for a_i, bu_i in zip(a.unbind(-2), bu.unbind(-2), strict=True):
+    for a_i, bu_i in zip(a.unbind(0), bu.unbind(0), strict=True):
         h = a_i * h + bu_i
         states.append(h)
-    return torch.stack(states, dim=-2)
+    return torch.stack(states, dim=0)
 
 
 def _carry_across_chunks(a_end: torch.Tensor, h_end: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:

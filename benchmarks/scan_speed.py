@@ -1,0 +1,133 @@
+"""Selective-scan speed and memory on the CPU: every CPU backend against the sequential reference.
+
+    python benchmarks/scan_speed.py [--lengths 256 1024 4096] [--out benchmarks/out/scan_speed.json]
+
+Shapes: B=4, D=512, N=16, float32, called as the Mamba block calls it (D skip, z gate, delta_bias
+with softplus). Each (backend, L) runs in its own subprocess, so its peak memory is its own: the
+peak resident set during forward+backward minus the resident set just before (inputs included in
+neither). Times are medians over repeats after one warm-up run (which also builds the fused kernel).
+Prints a Markdown table and writes JSON. A benchmark, not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("reference", "chunked", "cpu")
+SHAPE = {"batch": 4, "dim": 512, "dstate": 16}
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _worker(backend: str, length: int, repeats: int) -> dict:
+    """Time one backend at one length (runs inside the subprocess)."""
+    import torch
+
+    import kernels
+
+    torch.manual_seed(0)
+    b, d, n = SHAPE["batch"], SHAPE["dim"], SHAPE["dstate"]
+    leaves = [torch.randn(b, d, length), torch.randn(b, d, length) - 2.0, -torch.rand(d, n) - 0.5,
+              torch.randn(b, n, length), torch.randn(b, n, length), torch.ones(d),
+              torch.randn(b, d, length), torch.rand(d)]
+    leaves = [t.requires_grad_() for t in leaves]
+    grad = torch.randn(b, d, length)
+
+    def forward():
+        return kernels.selective_scan(*leaves, delta_softplus=True, backend=backend)
+
+    def forward_backward():
+        forward().backward(grad)
+        for t in leaves:
+            t.grad = None
+
+    base = _rss_kib()
+    forward_backward()  # warm-up; its peak equals the measured runs' peak
+    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    times = {"forward": [], "forward_backward": []}
+    for _ in range(repeats):
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            forward()
+            times["forward"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        forward_backward()
+        times["forward_backward"].append(time.perf_counter() - t0)
+    return {"backend": backend, "length": length, "threads": torch.get_num_threads(),
+            "forward_ms": 1e3 * statistics.median(times["forward"]),
+            "forward_backward_ms": 1e3 * statistics.median(times["forward_backward"]),
+            "peak_mib": peak_mib, "repeats": repeats}
+
+
+def _run(backend: str, length: int, repeats: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", backend, str(length), str(repeats)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        return {"backend": backend, "length": length, "error": proc.stderr.strip()[-500:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _table(rows: list[dict]) -> str:
+    head = ("| L | backend | forward ms | fwd+bwd ms | peak MiB | forward vs ref | fwd+bwd vs ref "
+            "| memory vs ref |\n|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['length']} | {r['backend']} | failed: {r['error'][:60]} | | | | | |")
+            continue
+        ref = next(x for x in rows if x["length"] == r["length"] and x["backend"] == "reference")
+        lines.append(
+            f"| {r['length']} | {r['backend']} | {r['forward_ms']:.1f} | {r['forward_backward_ms']:.1f} "
+            f"| {r['peak_mib']:.0f} | {ref['forward_ms'] / r['forward_ms']:.1f}x "
+            f"| {ref['forward_backward_ms'] / r['forward_backward_ms']:.1f}x "
+            f"| {r['peak_mib'] / max(ref['peak_mib'], 1e-9):.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "scan_speed.json")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        backend, length, repeats = args.worker
+        print(json.dumps(_worker(backend, int(length), int(repeats))))
+        return 0
+    rows = []
+    for length in args.lengths:
+        for backend in BACKENDS:
+            # The reference is slow at long L; three repeats are plenty for its seconds-long runs.
+            repeats = min(args.repeats, 3) if backend != "cpu" else args.repeats
+            rows.append(_run(backend, length, repeats))
+            print(f"measured {backend} L={length}", file=sys.stderr)
+    table = _table(rows)
+    print(f"Selective scan on the CPU ({platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores), B={SHAPE['batch']}, D={SHAPE['dim']}, N={SHAPE['dstate']}, fp32, "
+          "with D, z, delta_bias and softplus:\n")
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"shape": SHAPE, "dtype": "float32", "rows": rows}, indent=2))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
