@@ -80,11 +80,13 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, mask, output[2])
     ctx.delta_softplus = delta_softplus
     ctx.backend = backend
+    ctx.set_materialize_grads(False)  # an unused last_state (the usual case) costs nothing
 
 
 def _backward(ctx, grad_out, grad_last_state, _grad_checkpoints):
     u, delta, A, B, C, D, z, delta_bias, initial_state, mask, checkpoints = ctx.saved_tensors
-    grads = selective_scan_bwd(grad_out.contiguous(), grad_last_state, u, delta, A, B, C, D, z,
+    grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
+    grads = selective_scan_bwd(grad_out, grad_last_state, u, delta, A, B, C, D, z,
                                delta_bias, initial_state, mask, checkpoints, ctx.delta_softplus,
                                ctx.backend)
     present = (u, delta, A, B, C, D, z, delta_bias, initial_state)

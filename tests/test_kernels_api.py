@@ -194,3 +194,17 @@ def test_state_update_checks_and_updates_in_place():
     with pytest.raises(ValueError, match="float32 or float64"):
         kernels.selective_state_update(state.bfloat16(), x, torch.rand(2, 4), -torch.rand(4, 8),
                                        torch.randn(2, 8), torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("use", ["out", "last"])
+def test_gradient_through_one_output_only(use):
+    """Autograd skips materialising the unused output's gradient; the result must still be exact."""
+    case = make_case(13, dstate=16, length=45, h0=True)
+    results = []
+    for backend in ("reference", "cpu"):
+        ts = [t.detach().clone().requires_grad_() for t in case.tensors()]
+        out, last = kernels.selective_scan(*ts[:8], True, ts[8], None, True, backend=backend)
+        (out if use == "out" else last).square().sum().backward()
+        results.append([t.grad for t in ts])
+    for name, g_ref, g in zip(("u", "delta", "A", "B", "C", "D", "z", "bias", "h0"), *results, strict=True):
+        assert_matches(f"d{name}", g, g_ref, torch.float32, grad=True, scale=10)

@@ -195,8 +195,13 @@ void recompute_chunk(const Args<T>& a, const T* h_in, const T* dt, const T* dtu,
   }
 }
 
+template <typename T> struct Args;
 template <typename T> struct RowGrads {
   std::vector<T> dt, dtu, dsp, gy, sz, hs, as, carry, dA;
+  RowGrads() = default;
+  explicit RowGrads(const Args<T>& a)
+      : dt(a.len), dtu(a.len), dsp(a.len), gy(a.len), sz(a.len), hs(a.chunk * a.dstate),
+        as(a.chunk * a.dstate), carry(a.dstate), dA(a.dstate) {}
 };
 
 // Per-row gate pre-pass for the backward: gy = dout·silu(z) (the gradient reaching y), σ(z) for dz,
@@ -292,13 +297,6 @@ template <typename T, int NS> void backward_row(const Args<T>& a, int64_t r, int
   if (a.ddbias) a.ddbias[tid * a.dim + d] += dbias;
 }
 
-template <typename T> RowGrads<T> row_scratch(const Args<T>& a) {
-  const size_t L = a.len, QN = a.chunk * a.dstate, N = a.dstate;
-  return RowGrads<T>{std::vector<T>(L), std::vector<T>(L), std::vector<T>(L), std::vector<T>(L),
-                     std::vector<T>(L), std::vector<T>(QN), std::vector<T>(QN), std::vector<T>(N),
-                     std::vector<T>(N)};
-}
-
 #include "scan_cpu_vec.h"
 
 // Split rows into `threads` contiguous ranges; thread k gets partial-buffer slot k.
@@ -311,16 +309,16 @@ template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
   for (auto& th : pool) th.join();
 }
 
-template <typename T> using FwdRows = void (*)(const Args<T>&, int64_t, int64_t);
-template <typename T> using BwdRow = void (*)(const Args<T>&, int64_t, int, RowGrads<T>&);
+template <typename T> int run_fwd(const Args<T>* a, int threads, void (*fwd)(const Args<T>&, int64_t, int64_t)) {
+  parallel_rows(a->batch * a->dim, threads, [a, fwd](int64_t r0, int64_t r1, int) { fwd(*a, r0, r1); });
+  return 0;
+}
 
-template <typename T> int run(const Args<T>* a, int threads, FwdRows<T> fwd, BwdRow<T> bwd) {
-  parallel_rows(a->batch * a->dim, threads, [a, fwd, bwd](int64_t r0, int64_t r1, int k) {
-    if (fwd) {
-      fwd(*a, r0, r1);
-      return;
-    }
-    RowGrads<T> w = row_scratch(*a);
+// Scratch is RowGrads<T> for the generic rows and VecScratch for the vector rows.
+template <typename T, typename Scratch>
+int run_bwd(const Args<T>* a, int threads, void (*bwd)(const Args<T>&, int64_t, int, Scratch&)) {
+  parallel_rows(a->batch * a->dim, threads, [a, bwd](int64_t r0, int64_t r1, int k) {
+    Scratch w(*a);
     for (int64_t r = r0; r < r1; ++r) bwd(*a, r, k, w);
   });
   return 0;
@@ -333,25 +331,29 @@ extern "C" {
 // float32: explicit vector code for N = 8, 16, 32, a compile-time N = 4, generic loops otherwise.
 int scan_f32_fwd(const Args<float>* a, int threads) {
   switch (a->dstate) {
-    case 8: return run<float>(a, threads, forward_rows_v8<1>, nullptr);
-    case 16: return run<float>(a, threads, forward_rows_v8<2>, nullptr);
-    case 32: return run<float>(a, threads, forward_rows_v8<4>, nullptr);
-    case 4: return run<float>(a, threads, forward_rows<float, 4>, nullptr);
-    default: return run<float>(a, threads, forward_rows<float, 0>, nullptr);
+    case 8: return run_fwd<float>(a, threads, forward_rows_v8<1>);
+    case 16: return run_fwd<float>(a, threads, forward_rows_v8<2>);
+    case 32: return run_fwd<float>(a, threads, forward_rows_v8<4>);
+    case 4: return run_fwd<float>(a, threads, forward_rows<float, 4>);
+    default: return run_fwd<float>(a, threads, forward_rows<float, 0>);
   }
 }
 int scan_f32_bwd(const Args<float>* a, int threads) {
   switch (a->dstate) {
-    case 8: return run<float>(a, threads, nullptr, backward_row_v8<1>);
-    case 16: return run<float>(a, threads, nullptr, backward_row_v8<2>);
-    case 32: return run<float>(a, threads, nullptr, backward_row_v8<4>);
-    case 4: return run<float>(a, threads, nullptr, backward_row<float, 4>);
-    default: return run<float>(a, threads, nullptr, backward_row<float, 0>);
+    case 8: return run_bwd<float, VecScratch>(a, threads, backward_row_v8<1>);
+    case 16: return run_bwd<float, VecScratch>(a, threads, backward_row_v8<2>);
+    case 32: return run_bwd<float, VecScratch>(a, threads, backward_row_v8<4>);
+    case 4: return run_bwd<float, RowGrads<float>>(a, threads, backward_row<float, 4>);
+    default: return run_bwd<float, RowGrads<float>>(a, threads, backward_row<float, 0>);
   }
 }
 // float64 is for tests and gradcheck: generic loops only.
-int scan_f64_fwd(const Args<double>* a, int threads) { return run<double>(a, threads, forward_rows<double, 0>, nullptr); }
-int scan_f64_bwd(const Args<double>* a, int threads) { return run<double>(a, threads, nullptr, backward_row<double, 0>); }
+int scan_f64_fwd(const Args<double>* a, int threads) {
+  return run_fwd<double>(a, threads, forward_rows<double, 0>);
+}
+int scan_f64_bwd(const Args<double>* a, int threads) {
+  return run_bwd<double, RowGrads<double>>(a, threads, backward_row<double, 0>);
+}
 
 int scan_abi_version() { return 1; }
 }
