@@ -207,4 +207,7 @@ def test_gradient_through_one_output_only(use):
         (out if use == "out" else last).square().sum().backward()
         results.append([t.grad for t in ts])
     for name, g_ref, g in zip(("u", "delta", "A", "B", "C", "D", "z", "bias", "h0"), *results, strict=True):
+        if g_ref is None:  # the reference graph does not reach D and z from last_state
+            assert torch.count_nonzero(g) == 0, name
+            continue
         assert_matches(f"d{name}", g, g_ref, torch.float32, grad=True, scale=10)
