@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64  # checkpoint interval along L; the backward's scratch is CHUNK x N per thread
 _SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
-_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
-          "-std=c++17", "-shared", "-fPIC", "-pthread"]
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+          "-std=c++17", "-shared", "-fPIC"]
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64

@@ -39,11 +39,14 @@ def test_chunk_size_invariance_chunked(length, seed, dstate):
             assert rel_err(b, a) <= 1e-12
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @PROPS
 @given(length=st.integers(1, 70), seed=st.integers(0, 10_000), chunk=st.sampled_from([1, 2, 3, 16, 64, 100]))
-def test_chunk_size_invariance_fused_cpu(length, seed, chunk):
-    """P1 for the fused kernel: its checkpoint interval changes nothing (float64: 1e-12)."""
-    case = make_case(seed, dstate=4, length=length, dtype=torch.float64, h0=True, mask=True)
+def test_chunk_size_invariance_fused_cpu(dtype, length, seed, chunk):
+    """P1 for the fused kernel: its checkpoint interval changes nothing (float64: 1e-12; float32 runs
+    the channel-lane path, whose reductions regroup with the chunk, so the fp32 gate applies)."""
+    case = make_case(seed, dim=8, dstate=4, length=length, dtype=dtype, h0=True, mask=True)
+    gate = 1e-12 if dtype == torch.float64 else 1e-5
     base_out, base_last, base_grads = run_scan(case, "cpu")
     old = cpu.CHUNK
     try:
@@ -51,10 +54,10 @@ def test_chunk_size_invariance_fused_cpu(length, seed, chunk):
         out, last, grads = run_scan(case, "cpu")
     finally:
         cpu.CHUNK = old
-    assert rel_err(out, base_out) <= 1e-12
-    assert rel_err(last, base_last) <= 1e-12
+    assert rel_err(out, base_out) <= gate
+    assert rel_err(last, base_last) <= gate
     for name, g in grads.items():
-        assert rel_err(g, base_grads[name]) <= 1e-12, name
+        assert rel_err(g, base_grads[name]) <= 10 * gate, name
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -62,7 +65,7 @@ def test_chunk_size_invariance_fused_cpu(length, seed, chunk):
 @given(seed=st.integers(0, 10_000), t=st.integers(1, 39), which=st.sampled_from(["u", "delta", "B", "C"]))
 def test_causality(backend, seed, t, which):
     """P2: changing an input at time t leaves y[:, :, :t] unchanged, and ∂y_s/∂u_t = 0 for s < t."""
-    case = make_case(seed, dstate=4, length=40, bc="var")
+    case = make_case(seed, dim=8, dstate=4, length=40, bc="var")
     out = _scan(case, backend)[0]
     x = getattr(case, which).clone()
     x[..., t] += 1.0
@@ -82,7 +85,8 @@ def test_causality(backend, seed, t, which):
 def test_state_carry_over(backend, seed, length, data):
     """P3: scan(x[:k]) then scan(x[k:], initial_state=last) equals scan(x)."""
     k = data.draw(st.integers(1, length - 1))
-    case = make_case(seed, dstate=4, length=length, h0=True, mask=True)
+    case = make_case(seed, dim=data.draw(st.sampled_from([4, 8])), dstate=4, length=length, h0=True,
+                     mask=True)
     out, last = _scan(case, backend)
 
     def part(sl, h0):
@@ -101,7 +105,7 @@ def test_state_carry_over(backend, seed, length, data):
 @given(seed=st.integers(0, 10_000), length=st.integers(1, 30), grouped=st.booleans())
 def test_scan_equals_repeated_state_update(backend, seed, length, grouped):
     """P4 (kernel level): L calls of selective_state_update reproduce the scan at every step."""
-    case = make_case(seed, dim=4, dstate=8, length=length, bc="group" if grouped else "var", h0=True)
+    case = make_case(seed, dim=16, dstate=8, length=length, bc="group" if grouped else "var", h0=True)
     out, last = _scan(case, backend)
     state = case.initial_state.clone()
     steps = [kernels.selective_state_update(state, case.u[..., t], case.delta[..., t], case.A,
@@ -126,11 +130,10 @@ def test_padding_invariance_both_directions(backend, seed, lengths):
     """P5: with the mask, each sample in a padded batch equals the sample run alone, forward and
     time-reversed (padding then leads), and the final state is the state at its last valid step."""
     total = max(lengths)
-    case = make_case(seed, bsz=len(lengths), dstate=4, length=total, h0=True)
-    case.mask = torch.arange(total)[None, :] < torch.tensor(lengths)[:, None]
+    mask = torch.arange(total)[None, :] < torch.tensor(lengths)[:, None]
     for direction in ("forward", "reverse"):
-        c = make_case(seed, bsz=len(lengths), dstate=4, length=total, h0=True)
-        c.mask = case.mask
+        c = make_case(seed, bsz=len(lengths), dim=8, dstate=4, length=total, h0=True)
+        c.mask = mask
         if direction == "reverse":  # padded steps come first: the masked steps must be identities
             for name in ("u", "delta", "z", "B", "C"):
                 setattr(c, name, getattr(c, name).flip(-1))

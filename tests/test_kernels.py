@@ -47,9 +47,34 @@ def test_fp32_forward_and_gradients_match_oracle(backend, length, dstate, bc, D,
                        scale=GRAD_SCALE.get(name, 1.0), seed=seed)
 
 
+# The fused kernel's channel-lane path (float32, time-varying B/C, channel groups of 8): dim 16.
+LANE_GRID = [
+    (1, 16, "var", True, True, True, True, True),
+    (9, 1, "var", False, False, False, False, False),
+    (63, 4, "group", True, True, True, False, True),
+    (65, 16, "var", True, True, True, True, True),
+    (130, 32, "group", True, False, True, True, False),
+    (257, 16, "var", False, True, False, False, True),
+]
+
+
+@pytest.mark.parametrize(("length", "dstate", "bc", "D", "z", "bias", "h0", "mask"), LANE_GRID)
+def test_fused_cpu_lane_path_matches_oracle(length, dstate, bc, D, z, bias, h0, mask):
+    seed = 7 * length + dstate
+    case = make_case(seed, dstate=dstate, length=length, dim=16, bc=bc, D=D, z=z, bias=bias, h0=h0,
+                     mask=mask)
+    out, last, grads = run_scan(case, "cpu", grad_seed=seed)
+    ref_out, ref_last, ref_grads = run_scan(case, "oracle", grad_seed=seed)
+    assert_matches("out", out, ref_out, torch.float32, seed=seed)
+    assert_matches("last_state", last, ref_last, torch.float32, seed=seed)
+    for name, g in grads.items():
+        assert_matches(f"d{name}", g, ref_grads[name], torch.float32, grad=True,
+                       scale=GRAD_SCALE.get(name, 1.0), seed=seed)
+
+
 @pytest.mark.parametrize("backend", ["chunked", "cpu"])
 def test_long_sequence_default_options(backend):
-    case = make_case(7, dstate=16, length=4096, D=False, z=False, bias=False)
+    case = make_case(7, dim=8, dstate=16, length=4096, D=False, z=False, bias=False)
     out, last, grads = run_scan(case, backend)
     ref_out, ref_last, ref_grads = run_scan(case, "oracle")
     assert_matches("out", out, ref_out, torch.float32)
@@ -61,9 +86,9 @@ def test_long_sequence_default_options(backend):
 
 @pytest.mark.parametrize("backend", ["chunked", "cpu"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("dstate", [4, 16])
-def test_half_precision_inputs_keep_float32_state(backend, dtype, dstate):
-    case = make_case(3, dstate=dstate, length=90, dtype=dtype, h0=True, mask=True)
+@pytest.mark.parametrize(("dstate", "dim"), [(4, 4), (16, 8)])
+def test_half_precision_inputs_keep_float32_state(backend, dtype, dstate, dim):
+    case = make_case(3, dim=dim, dstate=dstate, length=90, dtype=dtype, h0=True, mask=True)
     out, last, grads = run_scan(case, backend)
     ref_out, ref_last, ref_grads = run_scan(case, "oracle")
     assert out.dtype == dtype
@@ -130,8 +155,9 @@ def test_fused_cpu_outputs_fully_written(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_inputs(backend):
-    case = make_case(4, dstate=8, length=33, h0=True)
+@pytest.mark.parametrize("dim", [4, 8])
+def test_non_contiguous_inputs(backend, dim):
+    case = make_case(4, dim=dim, dstate=8, length=33, h0=True)
     ref_out, ref_last, _ = run_scan(case, "oracle", grad_seed=None)
     # Same values, other memory layouts: (B, L, D) storage viewed as (B, D, L), and so on.
     case.u = case.u.transpose(1, 2).contiguous().transpose(1, 2)

@@ -17,7 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <thread>
+#include <omp.h>
 #include <type_traits>
 #include <vector>
 
@@ -132,6 +132,22 @@ void row_delta(const Args<T>& a, int64_t b, int64_t d, T* __restrict dt, T* __re
   for (int64_t t = 0; t < L; ++t) dtu[t] = dt[t] * u[t];
 }
 
+// out = (Σ_n C·h + D·u) · silu(z) for one row whose out holds Σ_n C·h.
+template <typename T> void finish_row(const Args<T>& a, int64_t r) {
+  const int64_t L = a.len;
+  T* __restrict y = a.out + r * L;
+  const T* __restrict u = a.u + r * L;
+  const T Dd = a.Dskip ? a.Dskip[r % a.dim] : T(0);
+  if (a.z) {
+    const T* __restrict zr = a.z + r * L;
+#pragma omp simd
+    for (int64_t t = 0; t < L; ++t) y[t] = (y[t] + Dd * u[t]) * zr[t] * sigmoid(zr[t]);
+  } else {
+#pragma omp simd
+    for (int64_t t = 0; t < L; ++t) y[t] += Dd * u[t];
+  }
+}
+
 // NS > 0: the state size is a compile-time constant (loops unroll, the state stays in registers);
 // NS == 0: any state size, read at run time.
 template <typename T, int NS> void forward_rows(const Args<T>& a, int64_t r0, int64_t r1) {
@@ -142,11 +158,9 @@ template <typename T, int NS> void forward_rows(const Args<T>& a, int64_t r0, in
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / a.dim, d = r % a.dim;
     row_delta(a, b, d, dt.data(), dtu.data(), static_cast<T*>(nullptr));
-    const T* u = a.u + r * L;
     const T* Ad = a.A + d * N;
     const T* Bp = a.Bm + b * a.b_sb + (d / a.b_dpg) * a.b_sg;
     const T* Cp = a.Cm + b * a.c_sb + (d / a.c_dpg) * a.c_sg;
-    const T Dd = a.Dskip ? a.Dskip[d] : T(0);
     T* __restrict hp = NS > 0 ? hl : hv.data();
     for (int64_t n = 0; n < N; ++n) hp[n] = a.h0 ? a.h0[r * N + n] : T(0);
     T* __restrict y = a.out + r * L;
@@ -163,15 +177,11 @@ template <typename T, int NS> void forward_rows(const Args<T>& a, int64_t r0, in
           hp[n] = fexp(s * Ad[n]) * hp[n] + su * Bt[n];
           acc += Ct[n] * hp[n];
         }
-        y[t] = acc + Dd * u[t];
+        y[t] = acc;
       }
     }
     std::memcpy(a.last + r * N, hp, N * sizeof(T));
-    if (a.z) {
-      const T* zr = a.z + r * L;
-#pragma omp simd
-      for (int64_t t = 0; t < L; ++t) y[t] = y[t] * zr[t] * sigmoid(zr[t]);
-    }
+    finish_row(a, r);
   }
 }
 
@@ -297,16 +307,19 @@ template <typename T, int NS> void backward_row(const Args<T>& a, int64_t r, int
   if (a.ddbias) a.ddbias[tid * a.dim + d] += dbias;
 }
 
-#include "scan_cpu_vec.h"
+#include "scan_cpu_lanes.h"
 
-// Split rows into `threads` contiguous ranges; thread k gets partial-buffer slot k.
+// Split rows into `threads` contiguous ranges; thread k gets partial-buffer slot k. OpenMP, not
+// std::thread: loaded into a Python process, this library binds to the libgomp that torch already
+// loaded (same soname), so the scan runs on torch's own worker threads. Separate threads would
+// compete for the cores with torch's workers, which spin for milliseconds after every parallel op.
 template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
   threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, rows)));
-  std::vector<std::thread> pool;
-  for (int k = 1; k < threads; ++k)
-    pool.emplace_back(fn, rows * k / threads, rows * (k + 1) / threads, k);
-  fn(int64_t(0), rows / threads, 0);
-  for (auto& th : pool) th.join();
+#pragma omp parallel num_threads(threads)
+  {
+    const int k = omp_get_thread_num(), nt = omp_get_num_threads();
+    fn(rows * k / nt, rows * (k + 1) / nt, k);
+  }
 }
 
 template <typename T> int run_fwd(const Args<T>* a, int threads, void (*fwd)(const Args<T>&, int64_t, int64_t)) {
@@ -314,12 +327,11 @@ template <typename T> int run_fwd(const Args<T>* a, int threads, void (*fwd)(con
   return 0;
 }
 
-// Scratch is RowGrads<T> for the generic rows and VecScratch for the vector rows.
-template <typename T, typename Scratch>
-int run_bwd(const Args<T>* a, int threads, void (*bwd)(const Args<T>&, int64_t, int, Scratch&)) {
-  parallel_rows(a->batch * a->dim, threads, [a, bwd](int64_t r0, int64_t r1, int k) {
-    Scratch w(*a);
-    for (int64_t r = r0; r < r1; ++r) bwd(*a, r, k, w);
+template <typename T, int NS>
+int run_bwd(const Args<T>* a, int threads) {
+  parallel_rows(a->batch * a->dim, threads, [a](int64_t r0, int64_t r1, int k) {
+    RowGrads<T> w(*a);
+    for (int64_t r = r0; r < r1; ++r) backward_row<T, NS>(*a, r, k, w);
   });
   return 0;
 }
@@ -328,32 +340,41 @@ int run_bwd(const Args<T>* a, int threads, void (*bwd)(const Args<T>&, int64_t, 
 
 extern "C" {
 
-// float32: explicit vector code for N = 8, 16, 32, a compile-time N = 4, generic loops otherwise.
+// float32: the channel-lane path when B and C vary in time and channels come in groups of 8 (the
+// Mamba case); generic rows otherwise (compile-time N = 16 or 4, run-time N else).
 int scan_f32_fwd(const Args<float>* a, int threads) {
+  if (lanes_ok(*a)) {
+    parallel_rows(a->batch * a->dim / 8, threads, [a](int64_t g0, int64_t g1, int) {
+      LaneScratch w(*a);
+      for (int64_t g = g0; g < g1; ++g) forward_lanes(*a, g, w);
+    });
+    return 0;
+  }
   switch (a->dstate) {
-    case 8: return run_fwd<float>(a, threads, forward_rows_v8<1>);
-    case 16: return run_fwd<float>(a, threads, forward_rows_v8<2>);
-    case 32: return run_fwd<float>(a, threads, forward_rows_v8<4>);
+    case 16: return run_fwd<float>(a, threads, forward_rows<float, 16>);
     case 4: return run_fwd<float>(a, threads, forward_rows<float, 4>);
     default: return run_fwd<float>(a, threads, forward_rows<float, 0>);
   }
 }
 int scan_f32_bwd(const Args<float>* a, int threads) {
+  if (lanes_ok(*a)) {
+    parallel_rows(a->batch * a->dim / 8, threads, [a](int64_t g0, int64_t g1, int k) {
+      LaneScratch w(*a);
+      for (int64_t g = g0; g < g1; ++g) backward_lanes(*a, g, k, w);
+    });
+    return 0;
+  }
   switch (a->dstate) {
-    case 8: return run_bwd<float, VecScratch>(a, threads, backward_row_v8<1>);
-    case 16: return run_bwd<float, VecScratch>(a, threads, backward_row_v8<2>);
-    case 32: return run_bwd<float, VecScratch>(a, threads, backward_row_v8<4>);
-    case 4: return run_bwd<float, RowGrads<float>>(a, threads, backward_row<float, 4>);
-    default: return run_bwd<float, RowGrads<float>>(a, threads, backward_row<float, 0>);
+    case 16: return run_bwd<float, 16>(a, threads);
+    case 4: return run_bwd<float, 4>(a, threads);
+    default: return run_bwd<float, 0>(a, threads);
   }
 }
 // float64 is for tests and gradcheck: generic loops only.
 int scan_f64_fwd(const Args<double>* a, int threads) {
   return run_fwd<double>(a, threads, forward_rows<double, 0>);
 }
-int scan_f64_bwd(const Args<double>* a, int threads) {
-  return run_bwd<double, RowGrads<double>>(a, threads, backward_row<double, 0>);
-}
+int scan_f64_bwd(const Args<double>* a, int threads) { return run_bwd<double, 0>(a, threads); }
 
 int scan_abi_version() { return 1; }
 }

@@ -1,0 +1,277 @@
+// Channel-lane float32 path: 8 consecutive channels of one batch entry run side by side in the 8
+// lanes of a vector (GCC vector extensions, so the same source builds for AVX2, AVX-512 or NEON).
+// The 8 channels share B_t and C_t (same group), so every B/C value is one broadcast, the output sum
+// over the state needs no horizontal reduction, and the per-step bookkeeping is paid once per 8
+// channels. Only dB and dC, which sum over channels, need a reduction across lanes; it runs once per
+// chunk over dense buffers. Same maths as the generic rows in scan_cpu.cpp, which serve float64,
+// time-invariant B/C and channel counts that are not multiples of 8; tests cover both paths.
+// Included by scan_cpu.cpp inside its anonymous namespace.
+
+using v8f = float __attribute__((vector_size(32)));
+using v8i = int32_t __attribute__((vector_size(32)));
+
+inline v8f vload(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void vstore(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+inline v8f vset(float x) { return v8f{} + x; }
+// 8x8 transpose of the rows r[0..7]: returns columns in r.
+inline void transpose8(v8f* r) {
+  v8f t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = __builtin_shufflevector(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = __builtin_shufflevector(u[k], u[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[k + 4] = __builtin_shufflevector(u[k], u[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+// Row-major (8 rows of length L, `stride` apart) to lane-major (one vector per step) and back.
+// Per-step access to 8 rows directly would touch 8 cache lines 4 KiB apart when L = 1024, which all
+// fall in one L1 set; the transposed copies keep every step's data in one line.
+inline void rows_to_lanes(const float* src, int64_t stride, int64_t L, v8f* dst) {
+  int64_t t = 0;
+  for (; t + 8 <= L; t += 8) {
+    v8f r[8];
+    for (int j = 0; j < 8; ++j) r[j] = vload(src + j * stride + t);
+    transpose8(r);
+    for (int k = 0; k < 8; ++k) dst[t + k] = r[k];
+  }
+  for (; t < L; ++t)
+    for (int j = 0; j < 8; ++j) dst[t][j] = src[j * stride + t];
+}
+
+inline void lanes_to_rows(const v8f* src, int64_t L, float* dst, int64_t stride) {
+  int64_t t = 0;
+  for (; t + 8 <= L; t += 8) {
+    v8f r[8];
+    for (int k = 0; k < 8; ++k) r[k] = src[t + k];
+    transpose8(r);
+    for (int j = 0; j < 8; ++j) vstore(dst + j * stride + t, r[j]);
+  }
+  for (; t < L; ++t)
+    for (int j = 0; j < 8; ++j) dst[j * stride + t] = src[t][j];
+}
+
+inline v8f gather8(const float* p, int64_t stride) {
+  return v8f{p[0], p[stride], p[2 * stride], p[3 * stride], p[4 * stride], p[5 * stride], p[6 * stride],
+             p[7 * stride]};
+}
+inline void scatter8(float* p, int64_t stride, v8f v) {
+  for (int j = 0; j < 8; ++j) p[j * stride] = v[j];
+}
+
+// 2^t, lane-wise: 2^k · 2^f with k = round(t), f in [-1/2, 1/2]. Adding 1.5·2^23 rounds t and leaves
+// k in the low mantissa bits, so (bits << 23) is k already in the exponent field. 2^f is a degree-7
+// Taylor polynomial in f (relative error ~5e-9). t is clamped to [-126, 127]: tiny results are ~1e-38.
+inline v8f vexp2(v8f t) {
+  t = t < -126.0f ? vset(-126.0f) : t;
+  t = t > 127.0f ? vset(127.0f) : t;
+  const v8f shifted = t + 12582912.0f;
+  const v8f f = t - (shifted - 12582912.0f);
+  v8f p = vset(1.5252733804059840e-5f);  // ln2^i / i!, i = 7 … 0
+  p = p * f + 1.5403530393381609e-4f;
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.0f;
+  const v8i bits = (__builtin_bit_cast(v8i, shifted) << 23) + (127 << 23);
+  return p * __builtin_bit_cast(v8f, bits);
+}
+
+// Eight horizontal sums at once: r[j] = Σ_lanes v[j] (21 shuffles and adds instead of ~48).
+inline v8f hsum8(const v8f* v) {
+  auto pair = [](v8f a, v8f b) {  // [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7]
+    return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+           __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+  };
+  const v8f q0 = pair(pair(v[0], v[1]), pair(v[2], v[3]));
+  const v8f q1 = pair(pair(v[4], v[5]), pair(v[6], v[7]));
+  return __builtin_shufflevector(q0, q1, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(q0, q1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// The lane path needs B and C time-varying with the 8 channels of a lane group in one group.
+inline bool lanes_ok(const Args<float>& a) {
+  return a.b_st != 0 && a.c_st != 0 && a.b_dpg % 8 == 0 && a.c_dpg % 8 == 0;
+}
+
+// Per-thread scratch. `rows` holds 5 row buffers of 8 rows each (padded stride Ls) for the per-row
+// pre-passes; the lane-major buffers hold one vector (8 channels) per step; state-sized buffers one
+// vector per state index; chunk buffers one vector per (step in chunk, state index).
+struct LaneScratch {
+  int64_t Ls;
+  std::vector<float> rows;
+  std::vector<v8f> dt, dtu, dsp, gy, sz, u, z, g, du, ddelta, dz;
+  std::vector<v8f> A, A2, h, carry, dA, hs, as, dCp, dBp;
+  std::vector<float> dD;
+  explicit LaneScratch(const Args<float>& a)
+      : Ls(a.len + 16), rows(5 * 8 * Ls), dt(a.len), dtu(a.len), dsp(a.len), gy(a.len), sz(a.len), u(a.len),
+        z(a.len), g(a.len), du(a.len), ddelta(a.len), dz(a.len), A(a.dstate), A2(a.dstate), h(a.dstate),
+        carry(a.dstate), dA(a.dstate), hs(a.chunk * a.dstate), as(a.chunk * a.dstate),
+        dCp(a.chunk * a.dstate + 8), dBp(a.chunk * a.dstate + 8), dD(8) {}
+  float* row(int k) { return rows.data() + k * 8 * Ls; }
+};
+
+inline void load_lane_weights(const Args<float>& a, int64_t d0, LaneScratch& w) {
+  for (int64_t n = 0; n < a.dstate; ++n) {
+    w.A[n] = gather8(a.A + d0 * a.dstate + n, a.dstate);
+    w.A2[n] = w.A[n] * kLog2e;  // exp(Δ·A) = 2^(Δ·A·log2 e)
+  }
+}
+
+void forward_lanes(const Args<float>& a, int64_t grp, LaneScratch& w) {
+  const int64_t N = a.dstate, L = a.len, nck = (L + a.chunk - 1) / a.chunk;
+  const int64_t r0 = 8 * grp, b = r0 / a.dim, d0 = r0 % a.dim;
+  for (int j = 0; j < 8; ++j)
+    row_delta(a, b, d0 + j, w.row(0) + j * w.Ls, w.row(1) + j * w.Ls, static_cast<float*>(nullptr));
+  rows_to_lanes(w.row(0), w.Ls, L, w.dt.data());
+  rows_to_lanes(w.row(1), w.Ls, L, w.dtu.data());
+  load_lane_weights(a, d0, w);
+  const float* Bp = a.Bm + b * a.b_sb + (d0 / a.b_dpg) * a.b_sg;
+  const float* Cp = a.Cm + b * a.c_sb + (d0 / a.c_dpg) * a.c_sg;
+  for (int64_t n = 0; n < N; ++n) w.h[n] = a.h0 ? gather8(a.h0 + r0 * N + n, N) : v8f{};
+  v8f* y = w.du.data();  // reused: y before D·u and the gate, lane-major
+  for (int64_t c = 0; c < nck; ++c) {
+    for (int64_t n = 0; n < N; ++n) scatter8(a.ckpt + (r0 * nck + c) * N + n, nck * N, w.h[n]);
+    const int64_t t1 = std::min(L, (c + 1) * a.chunk);
+    for (int64_t t = c * a.chunk; t < t1; ++t) {
+      const float* Bt = Bp + t * a.b_st;
+      const float* Ct = Cp + t * a.c_st;
+      const v8f s = w.dt[t], su = w.dtu[t];
+      v8f acc{};
+      for (int64_t n = 0; n < N; ++n) {
+        const v8f hn = vexp2(s * w.A2[n]) * w.h[n] + su * Bt[n];
+        w.h[n] = hn;
+        acc += Ct[n] * hn;
+      }
+      y[t] = acc;
+    }
+  }
+  for (int64_t n = 0; n < N; ++n) scatter8(a.last + r0 * N + n, N, w.h[n]);
+  lanes_to_rows(y, L, a.out + r0 * L, L);
+  for (int j = 0; j < 8; ++j) finish_row(a, r0 + j);
+}
+
+// Sum the per-lane partials of one chunk into the thread's dB or dC buffer (rows t0.., all n).
+inline void reduce_lanes(v8f* parts, int64_t count, float* dst) {
+  for (int64_t k = count; k < (count + 7) / 8 * 8; ++k) parts[k] = v8f{};
+  for (int64_t k = 0; k < count; k += 8) {
+    const v8f r = hsum8(parts + k);
+    if (count - k >= 8) {
+      vstore(dst + k, vload(dst + k) + r);
+    } else {
+      for (int64_t j = 0; j < count - k; ++j) dst[k + j] += r[j];
+    }
+  }
+}
+
+// Recompute one chunk's states from its checkpoint (hs: h after each step, as: ā at each step).
+inline void recompute_lanes(const Args<float>& a, LaneScratch& w, const float* Bp, int64_t t0, int64_t q_len) {
+  const int64_t N = a.dstate;
+  for (int64_t q = 0; q < q_len; ++q) {
+    const float* Bt = Bp + (t0 + q) * a.b_st;
+    const v8f s = w.dt[t0 + q], su = w.dtu[t0 + q];
+    const v8f* prev = q > 0 ? &w.hs[(q - 1) * N] : w.h.data();
+    for (int64_t n = 0; n < N; ++n) {
+      const v8f ab = vexp2(s * w.A2[n]);
+      w.as[q * N + n] = ab;
+      w.hs[q * N + n] = ab * prev[n] + su * Bt[n];
+    }
+  }
+}
+
+// Reverse recurrence over one recomputed chunk (samba-asr.md §2.1): dh_t = C_t·gy_t + ā_{t+1}·dh_{t+1}.
+void reverse_lanes(const Args<float>& a, int64_t r0, LaneScratch& w, const float* Bp, const float* Cp,
+                   int64_t t0, int64_t q_len, v8f& dbias) {
+  const int64_t N = a.dstate;
+  const v8f Dv = a.Dskip ? vload(a.Dskip + r0 % a.dim) : v8f{};
+  for (int64_t q = q_len - 1; q >= 0; --q) {
+    const int64_t t = t0 + q;
+    const float* Bt = Bp + t * a.b_st;
+    const float* Ct = Cp + t * a.c_st;
+    const v8f* prev = q > 0 ? &w.hs[(q - 1) * N] : w.h.data();
+    const v8f gy = w.gy[t], s = w.dt[t], su = w.dtu[t];
+    v8f sdu{}, sdA{}, ych{};
+    for (int64_t n = 0; n < N; ++n) {
+      const v8f hv = w.hs[q * N + n], av = w.as[q * N + n];
+      const v8f dh = Ct[n] * gy + w.carry[n];
+      const v8f x = dh * av * prev[n];  // dh_t · ā_t h_{t-1} = dh_t · ∂h_t/∂(Δ_t A)
+      ych += Ct[n] * hv;
+      w.dCp[q * N + n] = gy * hv;
+      w.dBp[q * N + n] = dh * su;
+      sdu += dh * Bt[n];
+      sdA += w.A[n] * x;
+      w.dA[n] += s * x;
+      w.carry[n] = dh * av;
+    }
+    // dΔ_t = Σ_n dh (B u + A ā h_{t-1}) = u_t · Σ_n dh B + Σ_n A x
+    const v8f ut = w.u[t];
+    w.du[t] = Dv * gy + s * sdu;
+    const v8f draw = (ut * sdu + sdA) * w.dsp[t];
+    w.ddelta[t] = draw;
+    dbias += draw;
+    if (a.z) {
+      const v8f sz = w.sz[t], zt = w.z[t];
+      w.dz[t] = w.g[t] * (ych + Dv * ut) * sz * (1.0f + zt * (1.0f - sz));
+    }
+  }
+}
+
+void backward_lanes(const Args<float>& a, int64_t grp, int tid, LaneScratch& w) {
+  const int64_t N = a.dstate, L = a.len, Q = a.chunk, nck = (L + Q - 1) / Q;
+  const int64_t r0 = 8 * grp, b = r0 / a.dim, d0 = r0 % a.dim;
+  for (int j = 0; j < 8; ++j) {
+    row_delta(a, b, d0 + j, w.row(0) + j * w.Ls, w.row(1) + j * w.Ls, w.row(2) + j * w.Ls);
+    w.dD[j] = row_gate(a, r0 + j, w.row(3) + j * w.Ls, w.row(4) + j * w.Ls);
+  }
+  v8f* lanes[] = {w.dt.data(), w.dtu.data(), w.dsp.data(), w.gy.data(), w.sz.data()};
+  for (int k = 0; k < (a.z ? 5 : 4); ++k) rows_to_lanes(w.row(k), w.Ls, L, lanes[k]);
+  rows_to_lanes(a.u + r0 * L, L, L, w.u.data());
+  if (a.z) {
+    rows_to_lanes(a.z + r0 * L, L, L, w.z.data());
+    rows_to_lanes(a.dout + r0 * L, L, L, w.g.data());
+  }
+  load_lane_weights(a, d0, w);
+  const int64_t boff = b * a.b_sb + (d0 / a.b_dpg) * a.b_sg, coff = b * a.c_sb + (d0 / a.c_dpg) * a.c_sg;
+  for (int64_t n = 0; n < N; ++n) {
+    w.carry[n] = a.dlast ? gather8(a.dlast + r0 * N + n, N) : v8f{};
+    w.dA[n] = v8f{};
+  }
+  v8f dbias{};
+  for (int64_t c = nck - 1; c >= 0; --c) {
+    const int64_t t0 = c * Q, q_len = std::min(Q, L - t0);
+    for (int64_t n = 0; n < N; ++n) w.h[n] = gather8(a.ckpt + (r0 * nck + c) * N + n, nck * N);
+    recompute_lanes(a, w, a.Bm + boff, t0, q_len);
+    reverse_lanes(a, r0, w, a.Bm + boff, a.Cm + coff, t0, q_len, dbias);
+    // B and C are time-varying here, so a step's N values are contiguous: (t0 + q)·N + n.
+    reduce_lanes(w.dCp.data(), q_len * N, a.dC + tid * a.c_size + coff + t0 * a.c_st);
+    reduce_lanes(w.dBp.data(), q_len * N, a.dB + tid * a.b_size + boff + t0 * a.b_st);
+  }
+  lanes_to_rows(w.du.data(), L, a.du + r0 * L, L);
+  lanes_to_rows(w.ddelta.data(), L, a.ddelta + r0 * L, L);
+  if (a.z) lanes_to_rows(w.dz.data(), L, a.dz + r0 * L, L);
+  for (int64_t n = 0; n < N; ++n) {
+    if (a.dh0) scatter8(a.dh0 + r0 * N + n, N, w.carry[n]);
+    float* dAt = a.dA + tid * a.dim * N + d0 * N + n;
+    for (int j = 0; j < 8; ++j) dAt[j * N] += w.dA[n][j];
+  }
+  for (int j = 0; j < 8; ++j) {
+    if (a.dD) a.dD[tid * a.dim + d0 + j] += w.dD[j];
+    if (a.ddbias) a.ddbias[tid * a.dim + d0 + j] += dbias[j];
+  }
+}
