@@ -211,3 +211,15 @@ def test_gradient_through_one_output_only(use):
             assert torch.count_nonzero(g) == 0, name
             continue
         assert_matches(f"d{name}", g, g_ref, torch.float32, grad=True, scale=10)
+
+
+@pytest.mark.triton
+def test_opcheck_triton_op_under_interpreter():
+    """The same custom op with the Triton backend (CPU tensors run under TRITON_INTERPRET=1)."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    pytest.importorskip("triton")
+    case = make_case(1, dim=4, dstate=4, length=9, h0=True, mask=True)
+    args = (*[t.requires_grad_() for t in case.tensors()[:8]], case.initial_state, case.mask,
+            case.delta_softplus, "triton")
+    torch.library.opcheck(torch.ops.recognizers.selective_scan_fwd.default, args)
