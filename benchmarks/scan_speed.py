@@ -4,14 +4,15 @@
 
 Shapes: B=4, D=512, N=16, float32, called as the Mamba block calls it (D skip, z gate, delta_bias
 with softplus). Each (backend, L) runs in its own subprocess, so its peak memory is its own: the
-peak resident set during forward+backward minus the resident set just before (inputs included in
-neither). Times are medians over repeats after one warm-up run (which also builds the fused kernel).
+peak resident set during one forward+backward minus the resident set just before it (inputs and
+the warm-up excluded). Times are medians over repeats after a warm-up run.
 Prints a Markdown table and writes JSON. A benchmark, not a test: nothing here asserts.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -27,15 +28,30 @@ BACKENDS = ("reference", "chunked", "cpu")
 SHAPE = {"batch": 4, "dim": 512, "dstate": 16}
 
 
-def _rss_kib() -> int:
+def _status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak since the last reset), in KiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
 
+def _peak_mib(run) -> float:
+    """Rise of the resident set while ``run()`` runs, after a warm-up run (which builds the fused kernel
+    and imports what the first call imports, so neither is counted)."""
+    run()
+    gc.collect()
+    base = _status_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    except OSError:  # no reset available: fall back to the lifetime peak, which includes the warm-up
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    run()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
 def _worker(backend: str, length: int, repeats: int) -> dict:
-    """Time one backend at one length (runs inside the subprocess)."""
+    """Measure one backend at one length (runs inside a subprocess). repeats == 0: peak memory only."""
     import torch
 
     import kernels
@@ -56,9 +72,9 @@ def _worker(backend: str, length: int, repeats: int) -> dict:
         for t in leaves:
             t.grad = None
 
-    base = _rss_kib()
-    forward_backward()  # warm-up; its peak equals the measured runs' peak
-    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    if repeats == 0:
+        return {"peak_mib": _peak_mib(forward_backward)}
+    forward_backward()  # warm-up
     times = {"forward": [], "forward_backward": []}
     for _ in range(repeats):
         with torch.no_grad():
@@ -71,16 +87,28 @@ def _worker(backend: str, length: int, repeats: int) -> dict:
     return {"backend": backend, "length": length, "threads": torch.get_num_threads(),
             "forward_ms": 1e3 * statistics.median(times["forward"]),
             "forward_backward_ms": 1e3 * statistics.median(times["forward_backward"]),
-            "peak_mib": peak_mib, "repeats": repeats}
+            "repeats": repeats}
+
+
+def _subprocess(backend: str, length: int, repeats: int, env: dict) -> dict:
+    cmd = [sys.executable, __file__, "--worker", backend, str(length), str(repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip()[-500:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _run(backend: str, length: int, repeats: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", backend, str(length), str(repeats)]
+    """Times in one subprocess; peak memory in another whose allocator hands every large freed block
+    straight back to the system (glibc would otherwise keep the warm-up's memory and reuse it, which
+    hides the peak). That setting slows allocation, so it is kept out of the timed run."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        return {"backend": backend, "length": length, "error": proc.stderr.strip()[-500:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    row = {"backend": backend, "length": length, **_subprocess(backend, length, repeats, env)}
+    memory = _subprocess(backend, length, 0, {**env, "MALLOC_MMAP_THRESHOLD_": "65536",
+                                              "MALLOC_TRIM_THRESHOLD_": "0"})
+    if "error" in row or "error" in memory:
+        return {"backend": backend, "length": length, "error": row.get("error") or memory["error"]}
+    return {**row, **memory}
 
 
 def _table(rows: list[dict]) -> str:

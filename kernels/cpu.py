@@ -56,7 +56,12 @@ class _Args(ctypes.Structure):
 
 def _cache_dir() -> Path:
     root = os.environ.get("RECOGNIZERS_CACHE_DIR") or Path.home() / ".cache" / "recognizers"
-    return Path(root) / "kernels"
+    path = Path(root) / "kernels"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home (containers, CI sandboxes): build in a per-user temp folder
+        path = Path(tempfile.gettempdir()) / f"recognizers-{os.getuid()}" / "kernels"
+    return path
 
 
 def _cpu_fingerprint() -> str:

@@ -1,9 +1,11 @@
 // Fused selective scan for the CPU: forward and hand-written backward (samba-asr.md §2, §6 option 6).
 //
-// One sequential recurrence per (batch, channel) row with the N-vector state in registers; rows are
-// split across threads. Nothing of size (batch, channel, length, state) is ever allocated: the forward
-// keeps only the state entering every chunk of CHUNK steps (`ckpt`), and the backward recomputes one
-// chunk at a time from it into a small per-thread scratch buffer before running the reverse recurrence.
+// One sequential recurrence per (batch, channel) row; rows are split across threads. Nothing of size
+// (batch, channel, length, state) is ever allocated: the forward keeps only the state entering every
+// chunk of CHUNK steps (`ckpt`), and the backward recomputes one chunk at a time from it into a small
+// per-thread scratch buffer before running the reverse recurrence. This file holds the generic rows
+// (any state size, float32 and float64); scan_cpu_lanes.h holds the faster float32 path that runs
+// 8 channels side by side, used whenever B and C vary in time and channels come in groups of 8.
 //
 // Legend: u, dt (Δ), z, y: per-row sequences of length L; A: (D, N); B, C indexed through strides
 // (batch sb, group sg, time st; state stride 1) so one kernel serves (Bsz,G,L,N), (Bsz,L,N) and the
@@ -322,8 +324,10 @@ template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
   }
 }
 
-template <typename T> int run_fwd(const Args<T>* a, int threads, void (*fwd)(const Args<T>&, int64_t, int64_t)) {
-  parallel_rows(a->batch * a->dim, threads, [a, fwd](int64_t r0, int64_t r1, int) { fwd(*a, r0, r1); });
+template <typename T>
+int run_fwd(const Args<T>* a, int threads, void (*fwd)(const Args<T>&, int64_t, int64_t)) {
+  parallel_rows(a->batch * a->dim, threads,
+                [a, fwd](int64_t r0, int64_t r1, int) { fwd(*a, r0, r1); });
   return 0;
 }
 
@@ -375,6 +379,4 @@ int scan_f64_fwd(const Args<double>* a, int threads) {
   return run_fwd<double>(a, threads, forward_rows<double, 0>);
 }
 int scan_f64_bwd(const Args<double>* a, int threads) { return run_bwd<double, 0>(a, threads); }
-
-int scan_abi_version() { return 1; }
 }

@@ -283,7 +283,8 @@ inline void reduce_lanes(v8f* parts, int64_t count, float* dst) {
 }
 
 // Recompute one chunk's states from its checkpoint (hs: h after each step, as: ā at each step).
-inline void recompute_lanes(const Args<float>& a, LaneScratch& w, const float* Bp, int64_t t0, int64_t q_len) {
+inline void recompute_lanes(const Args<float>& a, LaneScratch& w, const float* Bp, int64_t t0,
+                            int64_t q_len) {
   const int64_t N = a.dstate;
   for (int64_t q = 0; q < q_len; ++q) {
     const float* Bt = Bp + (t0 + q) * a.b_st;
