@@ -208,7 +208,6 @@ def backward(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, ini
     for name, t in out_ptrs.items():
         setattr(args, name, _ptr(t))
     if length == 0:
-        du.zero_(), ddelta.zero_()
         if dh0 is not None:
             dh0.copy_(gl if gl is not None else torch.zeros_like(dh0))
     else:

@@ -24,6 +24,16 @@ def require_tool(tool: str, package: str) -> None:
         pytest.skip(message)
 
 
+def require_module(name: str):
+    """importorskip, except that under CI=true a missing module fails the test run."""
+    try:
+        return __import__(name)
+    except ImportError as exc:
+        if IN_CI:
+            pytest.fail(f"{name} is not importable ({exc}); it is part of the dev install", pytrace=False)
+        pytest.skip(f"{name} is not importable: {exc}", allow_module_level=True)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

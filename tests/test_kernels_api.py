@@ -13,7 +13,7 @@ import torch
 
 import kernels
 from kernels import cpu, dispatch
-from tests.conftest import require_tool
+from tests.conftest import require_module, require_tool
 from tests.scan_utils import assert_matches, make_case, run_scan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +218,8 @@ def test_opcheck_triton_op_under_interpreter():
     """The same custom op with the Triton backend (CPU tensors run under TRITON_INTERPRET=1)."""
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
-    pytest.importorskip("triton")
+    require_module("numpy")
+    require_module("triton")
     case = make_case(1, dim=4, dstate=4, length=9, h0=True, mask=True)
     args = (*[t.requires_grad_() for t in case.tensors()[:8]], case.initial_state, case.mask,
             case.delta_softplus, "triton")

@@ -19,12 +19,16 @@ import os
 import pytest
 import torch
 
+from tests.conftest import require_module
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
-pytest.importorskip("triton")
+require_module("numpy")  # the interpreter simulates kernels with numpy
+require_module("triton")
 
-from kernels import triton_scan as ts
-from kernels.reference import selective_scan_ref, selective_state_update_ref
+# These imports must follow the TRITON_INTERPRET switch and the module checks above.
+from kernels import triton_scan as ts  # noqa: E402
+from kernels.reference import selective_scan_ref, selective_state_update_ref  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
