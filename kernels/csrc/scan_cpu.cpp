@@ -20,6 +20,9 @@
 #include <cstdint>
 #include <cstring>
 #include <omp.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include <type_traits>
 #include <vector>
 
@@ -345,12 +348,13 @@ int run_bwd(const Args<T>* a, int threads) {
 extern "C" {
 
 // float32: the channel-lane path when B and C vary in time and channels come in groups of 8 (the
-// Mamba case); generic rows otherwise (compile-time N = 16 or 4, run-time N else).
+// Mamba case); generic rows otherwise. N = 16 (Mamba's default) gets compile-time loops in both.
 int scan_f32_fwd(const Args<float>* a, int threads) {
   if (lanes_ok(*a)) {
-    parallel_rows(a->batch * a->dim / 8, threads, [a](int64_t g0, int64_t g1, int) {
+    auto rows = a->dstate == 16 ? forward_lanes<16> : forward_lanes<0>;
+    parallel_rows(a->batch * a->dim / 8, threads, [a, rows](int64_t g0, int64_t g1, int) {
       LaneScratch w(*a);
-      for (int64_t g = g0; g < g1; ++g) forward_lanes(*a, g, w);
+      for (int64_t g = g0; g < g1; ++g) rows(*a, g, w);
     });
     return 0;
   }
@@ -362,9 +366,10 @@ int scan_f32_fwd(const Args<float>* a, int threads) {
 }
 int scan_f32_bwd(const Args<float>* a, int threads) {
   if (lanes_ok(*a)) {
-    parallel_rows(a->batch * a->dim / 8, threads, [a](int64_t g0, int64_t g1, int k) {
+    auto rows = a->dstate == 16 ? backward_lanes<16> : backward_lanes<0>;
+    parallel_rows(a->batch * a->dim / 8, threads, [a, rows](int64_t g0, int64_t g1, int k) {
       LaneScratch w(*a);
-      for (int64_t g = g0; g < g1; ++g) backward_lanes(*a, g, k, w);
+      for (int64_t g = g0; g < g1; ++g) rows(*a, g, k, w);
     });
     return 0;
   }

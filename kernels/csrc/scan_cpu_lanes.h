@@ -17,6 +17,15 @@ inline v8f vload(const float* p) {
 }
 inline void vstore(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
 inline v8f vset(float x) { return v8f{} + x; }
+// Clamps as single instructions where the target has them (the portable a < b ? b : a form compiles to
+// compare + blend because of its NaN semantics; here NaN handling does not matter).
+#if defined(__AVX__)
+inline v8f vmax(v8f a, v8f b) { return _mm256_max_ps(a, b); }
+inline v8f vmin(v8f a, v8f b) { return _mm256_min_ps(a, b); }
+#else
+inline v8f vmax(v8f a, v8f b) { return a < b ? b : a; }
+inline v8f vmin(v8f a, v8f b) { return a > b ? b : a; }
+#endif
 // 8x8 transpose of the rows r[0..7]: returns columns in r.
 inline void transpose8(v8f* r) {
   v8f t[8], u[8];
@@ -71,15 +80,16 @@ inline void scatter8(float* p, int64_t stride, v8f v) {
   for (int j = 0; j < 8; ++j) p[j * stride] = v[j];
 }
 
-// 2^t, lane-wise: 2^k · 2^f with k = round(t), f in [-1/2, 1/2]. Adding 1.5·2^23 rounds t and leaves
-// k in the low mantissa bits, so (bits << 23) is k already in the exponent field. 2^f = 1 + f·q(f)
-// with q of degree 5, fitted for minimal relative error on [-1/2, 1/2] (below 2e-8 with these float32
-// coefficients, under float32 rounding). t is clamped to [-126, 127]: tiny results are ~1e-38, not 0.
+// 2^t, lane-wise: 2^k · 2^f with k = round(t), f in [-1/2, 1/2]. Adding 1.5·2^23 + 127 rounds t and
+// leaves k + 127 in the low mantissa bits, so (bits << 23) is 2^k's exponent field already. 2^f =
+// 1 + f·q(f) with q of degree 5, fitted for minimal relative error on [-1/2, 1/2] (below 2e-8 with
+// these float32 coefficients, under float32 rounding). t is clamped to [-126, 127]: tiny results are
+// ~1e-38, not 0.
 inline v8f vexp2(v8f t) {
-  t = t < -126.0f ? vset(-126.0f) : t;
-  t = t > 127.0f ? vset(127.0f) : t;
-  const v8f shifted = t + 12582912.0f;
-  const v8f f = t - (shifted - 12582912.0f);
+  constexpr float kMagic = 12582912.0f + 127.0f;
+  t = vmin(vmax(t, vset(-126.0f)), vset(127.0f));
+  const v8f shifted = t + kMagic;
+  const v8f f = t - (shifted - kMagic);
   v8f p = vset(1.5353360504377633e-4f);
   p = p * f + 1.3398875016719103e-3f;
   p = p * f + 9.6184369176626200e-3f;
@@ -87,8 +97,7 @@ inline v8f vexp2(v8f t) {
   p = p * f + 2.4022647738456726e-1f;
   p = p * f + 6.9314718246459961e-1f;
   p = p * f + 1.0f;
-  const v8i bits = (__builtin_bit_cast(v8i, shifted) << 23) + (127 << 23);
-  return p * __builtin_bit_cast(v8f, bits);
+  return p * __builtin_bit_cast(v8f, __builtin_bit_cast(v8i, shifted) << 23);
 }
 
 // Eight horizontal sums at once: r[j] = Σ_lanes v[j] (21 shuffles and adds instead of ~48).
@@ -124,11 +133,13 @@ inline v8f vlog_ge1(v8f x) {
   return 2.0f * s * p + __builtin_convertvector(e, v8f) * 0.6931471805599453f;
 }
 
-// softplus with the identity branch above 20, as the scalar softplus() of scan_cpu.cpp.
-inline v8f vsoftplus(v8f x) {
-  const v8f e = vexp(x < 20.0f ? x : vset(20.0f));
+// softplus with the identity branch above 20, as the scalar softplus() of scan_cpu.cpp, and its
+// derivative sigmoid(x) (1 above 20), from one exp.
+inline v8f vsoftplus(v8f x, v8f* grad = nullptr) {
+  const v8f e = vexp(vmin(x, vset(20.0f)));
   const v8f small = e * (1.0f - e * (0.5f - e * (1.0f / 3.0f)));  // log1p for e < 1e-3
   const v8f lg = e < 1e-3f ? small : vlog_ge1(1.0f + e);
+  if (grad) *grad = x > 20.0f ? vset(1.0f) : e / (1.0f + e);
   return x > 20.0f ? x : lg;
 }
 
@@ -151,10 +162,11 @@ void row_delta_v8(const Args<float>& a, int64_t b, int64_t d, float* dt, float* 
   for (int64_t t = 0; t < L8; t += 8) {
     const v8f x = vload(del + t) + bias;
     const v8f keep = m ? mask8(m + t) : vset(1.0f);
-    const v8f v = (a.softplus ? vsoftplus(x) : x) * keep;
+    v8f grad = vset(1.0f);
+    const v8f v = (a.softplus ? vsoftplus(x, dgrad ? &grad : nullptr) : x) * keep;
     vstore(dt + t, v);
     vstore(dtu + t, v * vload(u + t));
-    if (dgrad) vstore(dgrad + t, a.softplus ? keep * (x > 20.0f ? vset(1.0f) : vsigmoid(x)) : keep);
+    if (dgrad) vstore(dgrad + t, keep * grad);
   }
   for (int64_t t = L8; t < L; ++t) {
     const float x = del[t] + bias, keep = m ? float(m[t] != 0) : 1.0f;
@@ -236,8 +248,9 @@ inline void load_lane_weights(const Args<float>& a, int64_t d0, LaneScratch& w) 
   }
 }
 
-void forward_lanes(const Args<float>& a, int64_t grp, LaneScratch& w) {
-  const int64_t N = a.dstate, L = a.len, nck = (L + a.chunk - 1) / a.chunk;
+// NS > 0: the state size as a compile-time constant, so the loops over n unroll completely.
+template <int NS> void forward_lanes(const Args<float>& a, int64_t grp, LaneScratch& w) {
+  const int64_t N = NS > 0 ? NS : a.dstate, L = a.len, nck = (L + a.chunk - 1) / a.chunk;
   const int64_t r0 = 8 * grp, b = r0 / a.dim, d0 = r0 % a.dim;
   for (int j = 0; j < 8; ++j)
     row_delta_v8(a, b, d0 + j, w.row(0) + j * w.Ls, w.row(1) + j * w.Ls, nullptr);
@@ -255,13 +268,14 @@ void forward_lanes(const Args<float>& a, int64_t grp, LaneScratch& w) {
       const float* Bt = Bp + t * a.b_st;
       const float* Ct = Cp + t * a.c_st;
       const v8f s = w.dt[t], su = w.dtu[t];
-      v8f acc{};
+      v8f acc[4] = {};  // four partial sums: a chain of N dependent adds would set the pace
+#pragma GCC unroll 16
       for (int64_t n = 0; n < N; ++n) {
         const v8f hn = vexp2(s * w.A2[n]) * w.h[n] + su * Bt[n];
         w.h[n] = hn;
-        acc += Ct[n] * hn;
+        acc[n % 4] += Ct[n] * hn;
       }
-      y[t] = acc;
+      y[t] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     }
   }
   for (int64_t n = 0; n < N; ++n) scatter8(a.last + r0 * N + n, N, w.h[n]);
@@ -283,14 +297,14 @@ inline void reduce_lanes(v8f* parts, int64_t count, float* dst) {
 }
 
 // Recompute one chunk's states from its checkpoint (hs: h after each step, as: ā at each step).
-inline void recompute_lanes(const Args<float>& a, LaneScratch& w, const float* Bp, int64_t t0,
-                            int64_t q_len) {
-  const int64_t N = a.dstate;
+template <int NS>
+void recompute_lanes(const Args<float>& a, LaneScratch& w, const float* Bp, int64_t t0, int64_t q_len) {
+  const int64_t N = NS > 0 ? NS : a.dstate;
   for (int64_t q = 0; q < q_len; ++q) {
     const float* Bt = Bp + (t0 + q) * a.b_st;
     const v8f s = w.dt[t0 + q], su = w.dtu[t0 + q];
     const v8f* prev = q > 0 ? &w.hs[(q - 1) * N] : w.h.data();
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int64_t n = 0; n < N; ++n) {
       const v8f ab = vexp2(s * w.A2[n]);
       w.as[q * N + n] = ab;
@@ -300,9 +314,10 @@ inline void recompute_lanes(const Args<float>& a, LaneScratch& w, const float* B
 }
 
 // Reverse recurrence over one recomputed chunk (samba-asr.md §2.1): dh_t = C_t·gy_t + ā_{t+1}·dh_{t+1}.
+template <int NS>
 void reverse_lanes(const Args<float>& a, int64_t r0, LaneScratch& w, const float* Bp, const float* Cp,
                    int64_t t0, int64_t q_len, v8f& dbias) {
-  const int64_t N = a.dstate;
+  const int64_t N = NS > 0 ? NS : a.dstate;
   const v8f Dv = a.Dskip ? vload(a.Dskip + r0 % a.dim) : v8f{};
   for (int64_t q = q_len - 1; q >= 0; --q) {
     const int64_t t = t0 + q;
@@ -310,35 +325,36 @@ void reverse_lanes(const Args<float>& a, int64_t r0, LaneScratch& w, const float
     const float* Ct = Cp + t * a.c_st;
     const v8f* prev = q > 0 ? &w.hs[(q - 1) * N] : w.h.data();
     const v8f gy = w.gy[t], s = w.dt[t], su = w.dtu[t];
-    v8f sdu{}, sdA{}, ych{};
-#pragma GCC unroll 8
+    v8f sdu[2] = {}, sdA[2] = {}, ych[2] = {};  // two partial sums each, to halve the add chains
+#pragma GCC unroll 16
     for (int64_t n = 0; n < N; ++n) {
       const v8f hv = w.hs[q * N + n], av = w.as[q * N + n];
       const v8f dh = Ct[n] * gy + w.carry[n];
       const v8f x = dh * av * prev[n];  // dh_t · ā_t h_{t-1} = dh_t · ∂h_t/∂(Δ_t A)
-      ych += Ct[n] * hv;
+      ych[n % 2] += Ct[n] * hv;
       w.dCp[q * N + n] = gy * hv;
       w.dBp[q * N + n] = dh * su;
-      sdu += dh * Bt[n];
-      sdA += w.A[n] * x;
+      sdu[n % 2] += dh * Bt[n];
+      sdA[n % 2] += w.A[n] * x;
       w.dA[n] += s * x;
       w.carry[n] = dh * av;
     }
     // dΔ_t = Σ_n dh (B u + A ā h_{t-1}) = u_t · Σ_n dh B + Σ_n A x
     const v8f ut = w.u[t];
-    w.du[t] = Dv * gy + s * sdu;
-    const v8f draw = (ut * sdu + sdA) * w.dsp[t];
+    const v8f sdu_t = sdu[0] + sdu[1], sdA_t = sdA[0] + sdA[1];
+    w.du[t] = Dv * gy + s * sdu_t;
+    const v8f draw = (ut * sdu_t + sdA_t) * w.dsp[t];
     w.ddelta[t] = draw;
     dbias += draw;
     if (a.z) {
       const v8f sz = w.sz[t], zt = w.z[t];
-      w.dz[t] = w.g[t] * (ych + Dv * ut) * sz * (1.0f + zt * (1.0f - sz));
+      w.dz[t] = w.g[t] * (ych[0] + ych[1] + Dv * ut) * sz * (1.0f + zt * (1.0f - sz));
     }
   }
 }
 
-void backward_lanes(const Args<float>& a, int64_t grp, int tid, LaneScratch& w) {
-  const int64_t N = a.dstate, L = a.len, Q = a.chunk, nck = (L + Q - 1) / Q;
+template <int NS> void backward_lanes(const Args<float>& a, int64_t grp, int tid, LaneScratch& w) {
+  const int64_t N = NS > 0 ? NS : a.dstate, L = a.len, Q = a.chunk, nck = (L + Q - 1) / Q;
   const int64_t r0 = 8 * grp, b = r0 / a.dim, d0 = r0 % a.dim;
   for (int j = 0; j < 8; ++j) {
     row_delta_v8(a, b, d0 + j, w.row(0) + j * w.Ls, w.row(1) + j * w.Ls, w.row(2) + j * w.Ls);
@@ -361,8 +377,8 @@ void backward_lanes(const Args<float>& a, int64_t grp, int tid, LaneScratch& w) 
   for (int64_t c = nck - 1; c >= 0; --c) {
     const int64_t t0 = c * Q, q_len = std::min(Q, L - t0);
     for (int64_t n = 0; n < N; ++n) w.h[n] = gather8(a.ckpt + (r0 * nck + c) * N + n, nck * N);
-    recompute_lanes(a, w, a.Bm + boff, t0, q_len);
-    reverse_lanes(a, r0, w, a.Bm + boff, a.Cm + coff, t0, q_len, dbias);
+    recompute_lanes<NS>(a, w, a.Bm + boff, t0, q_len);
+    reverse_lanes<NS>(a, r0, w, a.Bm + boff, a.Cm + coff, t0, q_len, dbias);
     // B and C are time-varying here, so a step's N values are contiguous: (t0 + q)·N + n.
     reduce_lanes(w.dCp.data(), q_len * N, a.dC + tid * a.c_size + coff + t0 * a.c_st);
     reduce_lanes(w.dBp.data(), q_len * N, a.dB + tid * a.b_size + boff + t0 * a.b_st);
