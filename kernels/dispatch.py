@@ -8,8 +8,12 @@ Backends:
     triton     Triton GPU kernels (kernels.triton_scan): the CUDA fast path
 
 ``"auto"`` picks triton for CUDA tensors and cpu for CPU tensors. When that fast path cannot run
-(triton missing, no C++ compiler), it falls back to chunked and warns once per reason: a missing
-fast path must never make code silently slower. ``RECOGNIZERS_SCAN_STRICT=1`` raises instead.
+(triton missing, no C++ compiler), it falls back to the best portable path for the device and warns
+once per reason: a missing fast path must never make code silently slower. The portable fallback is
+chunked on GPUs (about 2√L kernel launches instead of L) and the reference on CPUs, where the
+chunked scan's extra passes over `(B, D, L, N)` tensors make it the slower and hungrier of the two
+(benchmarks/scan_speed.py: 2x the time and 2.8x the memory of the reference at L = 1024).
+``RECOGNIZERS_SCAN_STRICT=1`` raises instead.
 ``RECOGNIZERS_SCAN_BACKEND=reference|chunked|cpu|triton`` replaces ``"auto"`` (an explicit backend
 argument still wins). float64 on CUDA runs chunked (the Triton kernels compute in float32).
 """
@@ -112,9 +116,10 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
         return backend
     if _strict():
         raise BackendUnavailableError(f"selective-scan backend {backend!r} unavailable: {reason}")
-    _warn_once(f"selective-scan backend {backend!r} unavailable ({reason}); falling back to 'chunked', "
+    fallback = "reference" if device.type == "cpu" else "chunked"
+    _warn_once(f"selective-scan backend {backend!r} unavailable ({reason}); falling back to {fallback!r}, "
                "which is much slower. Set RECOGNIZERS_SCAN_STRICT=1 to make this an error.")
-    return "chunked"
+    return fallback
 
 
 # The choice depends only on trace-time constants, so torch.compile should call it once while tracing
