@@ -5,7 +5,8 @@
 Shapes: B=4, D=512, N=16, float32, called as the Mamba block calls it (D skip, z gate, delta_bias
 with softplus). Each (backend, L) runs in its own subprocess, so its peak memory is its own: the
 peak resident set during one forward+backward minus the resident set just before it (inputs and
-the warm-up excluded). Times are medians over repeats after a warm-up run.
+the warm-up excluded). Times are medians over repeats after WARMUP forward+backward runs (the first
+runs of a process also pay for first-touch page faults and allocator growth).
 Prints a Markdown table and writes JSON. A benchmark, not a test: nothing here asserts.
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("reference", "chunked", "cpu")
 SHAPE = {"batch": 4, "dim": 512, "dstate": 16}
+WARMUP = 3  # forward+backward runs before timing, for every backend alike
 
 
 def _status_kib(field: str) -> int:
@@ -74,7 +76,8 @@ def _worker(backend: str, length: int, repeats: int) -> dict:
 
     if repeats == 0:
         return {"peak_mib": _peak_mib(forward_backward)}
-    forward_backward()  # warm-up
+    for _ in range(WARMUP):
+        forward_backward()
     times = {"forward": [], "forward_backward": []}
     for _ in range(repeats):
         with torch.no_grad():
@@ -87,7 +90,7 @@ def _worker(backend: str, length: int, repeats: int) -> dict:
     return {"backend": backend, "length": length, "threads": torch.get_num_threads(),
             "forward_ms": 1e3 * statistics.median(times["forward"]),
             "forward_backward_ms": 1e3 * statistics.median(times["forward_backward"]),
-            "repeats": repeats}
+            "repeats": repeats, "warmup": WARMUP}
 
 
 def _subprocess(backend: str, length: int, repeats: int, env: dict) -> dict:
@@ -131,7 +134,7 @@ def _table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "scan_speed.json")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
