@@ -1,0 +1,1 @@
+"""One Dataset per on-disk corpus layout (CROHME, IAM, LibriSpeech), for real and synthetic data alike."""
