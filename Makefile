@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
-# torch and torchvision CUDA builds that this platform keeps on local disk (platform.md §3).
+# The torch CUDA build that this platform keeps on local disk (platform.md §3); runs on the CPU too.
 TORCH_PIN := torch==2.14.1
 # Debian packages the project uses (grows with the recognizers): g++ builds the fused CPU scan kernel.
 SYSTEM_PACKAGES := g++

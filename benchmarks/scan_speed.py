@@ -101,12 +101,21 @@ def _subprocess(backend: str, length: int, repeats: int, env: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# Timed runs keep freed memory instead of giving it back to the system between iterations (glibc's
+# trim and mmap thresholds raised to their limits). With the defaults, whether an iteration pays for
+# page faults on its fresh 8-32 MB buffers varies run to run (0-40 % on this machine); PyTorch's CPU
+# tuning guide recommends a caching allocator (jemalloc, tcmalloc) for the same reason. All backends
+# are timed alike; their buffers above 32 MB are still mapped and unmapped every time.
+TIMING_ENV = {"MALLOC_TRIM_THRESHOLD_": str(2**32), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
+
+
 def _run(backend: str, length: int, repeats: int) -> dict:
     """Times in one subprocess; peak memory in another whose allocator hands every large freed block
     straight back to the system (glibc would otherwise keep the warm-up's memory and reuse it, which
-    hides the peak). That setting slows allocation, so it is kept out of the timed run."""
+    hides the peak)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    row = {"backend": backend, "length": length, **_subprocess(backend, length, repeats, env)}
+    row = {"backend": backend, "length": length,
+           **_subprocess(backend, length, repeats, {**env, **TIMING_ENV})}
     memory = _subprocess(backend, length, 0, {**env, "MALLOC_MMAP_THRESHOLD_": "65536",
                                               "MALLOC_TRIM_THRESHOLD_": "0"})
     if "error" in row or "error" in memory:
