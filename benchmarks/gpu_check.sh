@@ -5,5 +5,9 @@
 # Exit status: non-zero on any parity failure; the JSON is written in every case.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY="${PYTHON:-$(command -v python || command -v python3)}"
+# The project's venv when there is one (a development checkout), else the machine's Python (a GPU
+# machine with torch and triton preinstalled).
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
+elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
+else PY="$(command -v python || command -v python3)"; fi
 "$PY" benchmarks/gpu_check.py --out "${OUT:-benchmarks/out}/gpu_check.json" "$@"
