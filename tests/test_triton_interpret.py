@@ -123,6 +123,7 @@ CASES = {
     "L33_mask_h0_group_D6": dict(length=33, dim=6, mask=True, h0=True, bc="group", skip=True),
     "L64_invariant_z_mask": dict(length=64, bc="inv", z=True, mask=True, bias=True),
     "L33_all_N1": dict(length=33, n=1, z=True, skip=True, bias=True, h0=True, mask=True),
+    "L20_all_N16": dict(length=20, n=16, z=True, skip=True, bias=True, h0=True, mask=True),
     # BLOCK_D = 4 with D = 6: two programs per batch row, the second one half empty
     "L17_D6_two_blocks": dict(length=17, dim=6, block_d=4, skip=True, mask=True, h0=True),
 }
