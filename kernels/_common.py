@@ -19,25 +19,13 @@ Shape legend (channel-first, as in the Mamba reference implementation):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ScanShapes", "check_scan_args", "compute_dtype", "effective_delta", "per_channel"]
+__all__ = ["check_scan_args", "compute_dtype", "effective_delta", "per_channel"]
 
 # Above this argument softplus is the identity (as in the Mamba kernels and F.softplus).
 SOFTPLUS_THRESHOLD = 20.0
-
-
-@dataclass(frozen=True)
-class ScanShapes:
-    """Sizes of one selective-scan call, read off validated arguments."""
-
-    batch: int
-    dim: int
-    length: int
-    dstate: int
 
 
 def compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -67,12 +55,8 @@ def check_scan_args(
     delta_bias: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
-) -> ScanShapes:
-    """Validate shapes, devices and dtypes; raise ``ValueError`` naming the offending argument.
-
-    Returns:
-        The sizes of the call.
-    """
+) -> None:
+    """Validate shapes, devices and dtypes; raise ``ValueError`` naming the offending argument."""
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (batch, dim, length), got shape {tuple(u.shape)}")
     bsz, dim, length = u.shape
@@ -108,7 +92,6 @@ def check_scan_args(
                 raise ValueError(f"selective_scan: mask must be a bool tensor, got {t.dtype}")
         elif not t.is_floating_point():
             raise ValueError(f"selective_scan: {name} must be a floating-point tensor, got {t.dtype}")
-    return ScanShapes(bsz, dim, length, n)
 
 
 def effective_delta(
