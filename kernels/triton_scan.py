@@ -107,6 +107,19 @@ def _bc_at(base, tile, offn, nmask, t, s_n, s_t, VARY: tl.constexpr):
 
 
 @triton.jit
+def _step_inputs(u_ptr, dl_ptr, mask_ptr, row, t, dmask, bias, HAS_MASK: tl.constexpr,
+                 SOFTPLUS: tl.constexpr):
+    """u_t, Δ_t (bias, softplus, mask) and dΔ_t/d delta_t for a block of channels: `[BLOCK_D]` each."""
+    u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
+    x = tl.load(dl_ptr + row + t, mask=dmask, other=0.0).to(tl.float32) + bias
+    mk = 1.0
+    if HAS_MASK:
+        mk = tl.load(mask_ptr + t).to(tl.float32)
+    dt, ddt_dx = _delta_step(x, mk, SOFTPLUS)
+    return u, dt, ddt_dx
+
+
+@triton.jit
 def _fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, Dsk_ptr, z_ptr, bias_ptr, h0_ptr, mask_ptr,
     out_ptr, last_ptr, ck_ptr,
@@ -142,12 +155,7 @@ def _fwd_kernel(
     for t in range(0, L):
         if t % CHUNK == 0:
             tl.store(ck_ptr + d[:, None] * (n_chunks * n) + (t // CHUNK) * n + offn[None, :], h, mask=m2)
-        u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-        x = tl.load(dl_ptr + row + t, mask=dmask, other=0.0).to(tl.float32) + bias
-        mk = 1.0
-        if HAS_MASK:
-            mk = tl.load(mask_ptr + t).to(tl.float32)
-        dt, _ = _delta_step(x, mk, SOFTPLUS)
+        u, dt, _ = _step_inputs(u_ptr, dl_ptr, mask_ptr, row, t, dmask, bias, HAS_MASK, SOFTPLUS)
         Bt = _bc_at(Bb, Btile, offn, nmask, t, sb_n, sb_t, B_VARY)
         Ct = _bc_at(Cb, Ctile, offn, nmask, t, sc_n, sc_t, C_VARY)
         h = tl.exp2((dt * _LOG2E)[:, None] * A) * h + (dt * u)[:, None] * Bt
@@ -222,12 +230,7 @@ def _bwd_kernel(
         tl.store(scr_ptr + tile, h)
         for k in range(0, nt):
             t = t0 + k
-            u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-            x = tl.load(dl_ptr + row + t, mask=dmask, other=0.0).to(tl.float32) + bias
-            mk = 1.0
-            if HAS_MASK:
-                mk = tl.load(mask_ptr + t).to(tl.float32)
-            dt, _ = _delta_step(x, mk, SOFTPLUS)
+            u, dt, _ = _step_inputs(u_ptr, dl_ptr, mask_ptr, row, t, dmask, bias, HAS_MASK, SOFTPLUS)
             Bt = _bc_at(Bb, Btile, offn, nmask, t, sb_n, sb_t, B_VARY)
             h = tl.exp2((dt * _LOG2E)[:, None] * A) * h + (dt * u)[:, None] * Bt
             tl.store(scr_ptr + (k + 1) * (BLOCK_D * N_PAD) + tile, h)
@@ -238,12 +241,7 @@ def _bwd_kernel(
             k = nt - 1 - kk
             t = t0 + k
             h_prev = tl.load(scr_ptr + k * (BLOCK_D * N_PAD) + tile)
-            u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-            x = tl.load(dl_ptr + row + t, mask=dmask, other=0.0).to(tl.float32) + bias
-            mk = 1.0
-            if HAS_MASK:
-                mk = tl.load(mask_ptr + t).to(tl.float32)
-            dt, ddt_dx = _delta_step(x, mk, SOFTPLUS)
+            u, dt, ddt_dx = _step_inputs(u_ptr, dl_ptr, mask_ptr, row, t, dmask, bias, HAS_MASK, SOFTPLUS)
             Bt = _bc_at(Bb, Btile, offn, nmask, t, sb_n, sb_t, B_VARY)
             Ct = _bc_at(Cb, Ctile, offn, nmask, t, sc_n, sc_t, C_VARY)
             g = tl.load(gout_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
