@@ -192,7 +192,7 @@ def sweep(length, args):
     inp = make_inputs(args.batch, args.dim, args.dstate, length, torch.float32, seed=11)
     rows, saved = [], (ts.BLOCK_D, ts.CHUNK)
     try:
-        for block_d, chunk in ((8, 64), (16, 64), (32, 64), (16, 32), (16, 128)):
+        for block_d, chunk in ((4, 64), (8, 64), (16, 64), (8, 32), (8, 128)):
             ts.BLOCK_D, ts.CHUNK = block_d, chunk
             fwd, fb = time_triton(inp)
             rows.append(dict(L=length, BLOCK_D=block_d, CHUNK=chunk, fwd_ms=fwd, fwd_bwd_ms=fb))
@@ -220,6 +220,42 @@ def state_update(args):
         r["pass"] = bool(r["rel_norm"] <= r["tol"])
     ms = bench(lambda: ts.selective_state_update(state, x, dt, A, B, C, D, z, bias, True))
     return rows, ms
+
+
+def public_api(args):
+    """The public entry point on CUDA: ``backend="auto"`` must pick Triton (strict mode, no fallback),
+    autograd must run through the custom op, ``torch.compile(fullgraph=True)`` must trace it, and
+    ``kernels.selective_state_update`` must dispatch too. Compared with the direct Triton call."""
+    import kernels
+    from kernels import dispatch
+
+    os.environ["RECOGNIZERS_SCAN_STRICT"] = "1"
+    chosen = dispatch.resolve_backend("auto", torch.device(DEV), torch.float32)
+    inp = make_inputs(2, min(args.dim, 64), args.dstate, args.lengths[0], torch.float32, seed=5)
+    leaves = {k: (v.clone().requires_grad_() if v.is_floating_point() else v) for k, v in inp.items()}
+    kw = {k: leaves[k] for k in KEYS}
+    out, last = kernels.selective_scan(**kw, delta_softplus=True, return_last_state=True)
+    (out.square().sum() + last.sum()).backward()
+    direct, d_last, _ = ts.forward(*[inp[k] for k in KEYS], True)
+    compiled = torch.compile(lambda **k: kernels.selective_scan(**k, delta_softplus=True), fullgraph=True)
+    c_out = compiled(**{k: v.detach() if v.is_floating_point() else v for k, v in leaves.items()})
+    want = "triton" if DEV == "cuda" else "cpu"
+    rows = [dict(tensor=f"auto backend = {chosen} (want {want})", tol=0.0, max_abs=0.0,
+                 rel_norm=0.0 if chosen == want else 1.0),
+            dict(tensor="api out vs direct", tol=1e-6, **_err(out.detach(), direct)),
+            dict(tensor="api last vs direct", tol=1e-6, **_err(last.detach(), d_last)),
+            dict(tensor="compiled out vs direct", tol=1e-6, **_err(c_out, direct))]
+    finite = all(bool(leaves[k].grad.isfinite().all()) for k in GRADS if leaves[k].grad is not None)
+    rows.append(dict(tensor="autograd grads finite", tol=0.0, max_abs=0.0, rel_norm=0.0 if finite else 1.0))
+    state = torch.zeros(2, kw["u"].shape[1], args.dstate, device=DEV)
+    y = kernels.selective_state_update(state, inp["u"][..., 0], inp["delta"][..., 0], inp["A"],
+                                       inp["B"][..., 0], inp["C"][..., 0], inp["D"], inp["z"][..., 0],
+                                       inp["delta_bias"], True)
+    rows.append(dict(tensor="state_update finite", tol=0.0, max_abs=0.0,
+                     rel_norm=0.0 if bool(y.isfinite().all()) else 1.0))
+    for r in rows:
+        r["pass"] = bool(r["rel_norm"] <= r["tol"])
+    return rows
 
 
 def markdown(report) -> str:
@@ -291,6 +327,7 @@ def run_all(args, report) -> None:
         report["state_update_ms"] = ms
 
     section("state update", step)
+    section("public api", lambda: report["parity"].append(dict(case="public api", rows=public_api(args))))
     for length in args.lengths:
         for dtype in (torch.float32, torch.bfloat16):
             section(f"timing L={length} {dtype}", lambda n=length, d=dtype: report["timings"].append(

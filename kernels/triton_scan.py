@@ -36,7 +36,7 @@ from .triton_step import _delta_step, selective_state_update
 __all__ = ["BLOCK_D", "CHUNK", "backward", "forward", "selective_state_update"]
 
 CHUNK = 64  # checkpoint interval along L; the backward scratch is (CHUNK + 1) state tiles per program
-BLOCK_D = 16  # most channels per program (tunable; benchmarks/gpu_check.py sweeps it)
+BLOCK_D = 8  # most channels per program (tunable; benchmarks/gpu_check.py sweeps it)
 POISON = False  # tests set this: every buffer the kernels should fully write starts as NaN
 _LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2 e)
 
