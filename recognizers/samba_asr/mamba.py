@@ -148,10 +148,12 @@ class Mamba(nn.Module):
         return self.out_proj(y.transpose(1, 2)), MambaState(self._conv_tail(x_in, mask), ssm)
 
     def _conv_tail(self, x_in: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The last K conv inputs before each sequence's end, zero-padded on the left: `(B, D, K)`."""
+        """The last K conv inputs up to each sequence's last valid step, zero-padded on the left:
+        `(B, D, K)`. Works for right-padded and left-aligned masks alike (the decoder's memory)."""
         bsz, _, length = x_in.shape
         K = self.cfg.d_conv
-        ends = mask.sum(1) if mask is not None else torch.full((bsz,), length, device=x_in.device)
+        steps = torch.arange(1, length + 1, device=x_in.device)
+        ends = (steps * mask).amax(1) if mask is not None else torch.full((bsz,), length, device=x_in.device)
         idx = ends[:, None] - K + torch.arange(K, device=x_in.device)  # (B, K)
         padded = F.pad(x_in, (K, 0))  # (B, D, K + L): index i of x_in is K + i here
         return padded.gather(2, (idx + K).clamp(min=0)[:, None, :].expand(-1, x_in.shape[1], -1))
