@@ -34,3 +34,14 @@ def test_module_entry_point_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_synth_help_is_light():
+    """`recognizers synth speech --help` answers without importing torch or soundfile."""
+    code = ("import sys\nfrom recognizers.cli import main\n"
+            "try:\n    main(['synth', 'speech', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'soundfile', 'lightning') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--test-fraction" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
