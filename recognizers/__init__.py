@@ -1,10 +1,67 @@
 """recognizers: handwritten math to LaTeX, handwriting to text, speech to text.
 
-The recognizers (PosFormer, writer-adaptive handwriting, Samba-ASR) and their public API
-(``recognizers.load(name).recognize(inputs)``) arrive with their own issues; this package currently
-holds the command-line entry point. The selective-scan kernels live in the top-level ``kernels``.
+Public API (interfaces.md)::
+
+    import recognizers
+    recognizers.available()                   # registered model names
+    r = recognizers.load("samba-asr")         # bundled weights; or a path to a .safetensors / .ckpt
+    results = r.recognize(["a.flac"])         # one frozen Result per input
+
+The selective-scan kernels live in the top-level package ``kernels``.
 """
 
-__all__ = ["__version__"]
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .base import InputError, Recognizer, Result, Word
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["InputError", "Recognizer", "Result", "Word", "__version__", "available", "load"]
 
 __version__ = "0.1.0"
+
+
+def available() -> list[str]:
+    """Names of the registered models whose weights are present."""
+    from .registry import REGISTRY, weights_path
+
+    return [name for name, spec in REGISTRY.items() if weights_path(spec).is_file()]
+
+
+def load(name_or_path: str | Path, *, device: str | torch.device | None = None) -> Recognizer:
+    """Build a recognizer from a registry name or a model file (``.safetensors`` or ``.ckpt``).
+
+    Args:
+        name_or_path: e.g. ``"samba-asr"``, or a file written by ``recognizers export`` / training.
+        device: ``"cpu"``, ``"cuda"``...; None picks CUDA when available.
+
+    Raises:
+        ValueError: unknown name; ``recognizers.checkpoint.CheckpointError`` for a bad file.
+    """
+    import torch
+
+    from .checkpoint import read_bundle
+    from .registry import REGISTRY, weights_path
+
+    name = str(name_or_path)
+    if name in REGISTRY:
+        spec, path = REGISTRY[name], weights_path(REGISTRY[name])
+        if not path.is_file():
+            raise ValueError(f"model {name!r}: its weights file {path} is missing (not in this install)")
+    elif Path(name).suffix in (".safetensors", ".ckpt"):
+        path = Path(name)
+        spec = None
+    else:
+        raise ValueError(f"unknown model {name!r}: use one of {sorted(REGISTRY)} or a .safetensors/.ckpt")
+    bundle = read_bundle(path)
+    if spec is None:
+        if bundle.model not in REGISTRY:
+            raise ValueError(f"{path}: model type {bundle.model!r} is not one of {sorted(REGISTRY)}")
+        spec = REGISTRY[bundle.model]
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    return spec.recognizer_class().from_bundle(bundle, device=device)

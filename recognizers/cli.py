@@ -13,7 +13,9 @@ from pathlib import Path
 
 from . import __version__
 
-__all__ = ["build_parser", "main"]
+__all__ = ["TRAINING_VERBS", "build_parser", "main"]
+
+TRAINING_VERBS = ("fit", "validate", "test", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +26,115 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"recognizers {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_transcribe_parser(subparsers)
+    _add_evaluate_parser(subparsers)
     _add_synth_parser(subparsers)
+    _add_export_parser(subparsers)
+    for verb in TRAINING_VERBS:  # listed for --help; the arguments go to LightningCLI untouched
+        subparsers.add_parser(verb, help=f"LightningCLI {verb} (--config training/configs/X.yaml)",
+                              add_help=False)
     return parser
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="registry name or .safetensors/.ckpt file (default: the "
+                   "bundled model of the task)")
+    p.add_argument("--batch-size", type=_positive, default=16, help="inputs per forward pass")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--beam-size", type=_positive, default=None, help="beam width (1 = greedy)")
+
+
+def _add_transcribe_parser(subparsers) -> None:
+    t = subparsers.add_parser(
+        "transcribe", help="recognise files, folders, globs, @lists or stdin",
+        description="Recognise many inputs with one model load. A bad input is reported and the run goes "
+                    "on; exit 0 if all succeeded, 1 if any failed, 2 on usage errors.")
+    t.add_argument("inputs", nargs="+",
+                   help="files, folders, quoted globs, @list.txt, or - for a list on stdin")
+    t.add_argument("-r", "--recursive", action="store_true", help="search folders recursively")
+    t.add_argument("--task", choices=("auto", "math", "text", "speech"), default="auto",
+                   help="auto: by file type (audio: speech)")
+    t.add_argument("--format", choices=("jsonl", "txt", "tsv", "json", "srt", "vtt", "tex"), default="jsonl")
+    t.add_argument("--output-dir", default=None, help="write one file per input, mirroring relative paths")
+    t.add_argument("--overwrite", action="store_true", help="redo inputs whose output already exists")
+    t.add_argument("--nbest", type=_positive, default=None, help="hypotheses per input in 'nbest'")
+    t.add_argument("--writer-profile", default=None, help="handwriting: a writer profile from `adapt`")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors or summary")
+    _add_model_options(t)
+    t.set_defaults(handler=_run_transcribe)
+
+
+def _add_evaluate_parser(subparsers) -> None:
+    e = subparsers.add_parser(
+        "evaluate", help="score a model on a labelled corpus (prints one JSON object)",
+        description="Recognise a labelled corpus in its standard layout and print "
+                    '{"task", "model", "n", "metrics", "seconds", "rtf"} as JSON.')
+    e.add_argument("--task", choices=("math", "text", "speech"), required=True)
+    e.add_argument("--data", required=True, help="corpus root (speech: a LibriSpeech split folder)")
+    e.add_argument("--limit", type=_positive, default=None, help="only the first N items")
+    _add_model_options(e)
+    e.set_defaults(handler=_run_evaluate)
+
+
+def _add_export_parser(subparsers) -> None:
+    x = subparsers.add_parser("export", help="Lightning checkpoint -> bundled .safetensors model",
+                              description="Write the weights, config and tokenizer of a training checkpoint "
+                                          "as a .safetensors model that `--model` and `load()` accept.")
+    x.add_argument("ckpt", help="a .ckpt written by `recognizers fit`")
+    x.add_argument("--out", required=True, help="the .safetensors file to write")
+    x.set_defaults(handler=_run_export)
+
+
+def _load_recognizer(name_or_task: str, device: str):
+    """A recognizer for a task's bundled model, a registry name or a model file."""
+    import recognizers
+    from recognizers.registry import REGISTRY
+
+    by_task = {spec.task: name for name, spec in reversed(REGISTRY.items())}
+    name = by_task.get(name_or_task, name_or_task)
+    if name_or_task in ("math", "text", "speech") and name_or_task not in by_task:
+        raise ValueError(f"no recognizer for the task {name_or_task!r} in this version")
+    return recognizers.load(name, device=None if device == "auto" else device)
+
+
+def _run_transcribe(args: argparse.Namespace) -> int:
+    from recognizers.batch import UsageError, run_transcribe
+    from recognizers.checkpoint import CheckpointError
+
+    try:
+        return run_transcribe(args, _load_recognizer)
+    except (UsageError, CheckpointError, ValueError) as exc:
+        print(f"recognizers transcribe: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from data.datasets.librispeech import CorpusError
+    from recognizers.base import InputError
+    from recognizers.batch import UsageError, run_evaluate
+    from recognizers.checkpoint import CheckpointError
+
+    try:
+        report = run_evaluate(args, _load_recognizer)
+    except (UsageError, CheckpointError, CorpusError, InputError, ValueError) as exc:
+        print(f"recognizers evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report))
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from recognizers.checkpoint import CheckpointError, export_checkpoint
+
+    try:
+        out = export_checkpoint(args.ckpt, args.out)
+    except CheckpointError as exc:
+        print(f"recognizers export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
 
 
 def _fraction(text: str) -> float:
@@ -83,8 +192,15 @@ def _run_synth_speech(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0 ok, 1 some inputs failed, 2 usage error)."""
+    given = sys.argv[1:] if argv is None else argv
+    if given and given[0] in TRAINING_VERBS:
+        from training.cli import main as training_main  # Lightning is imported only here
+
+        # From the console script LightningCLI reads sys.argv itself (passing both logs a warning).
+        training_main(None if argv is None else list(given))
+        return 0
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -108,7 +108,7 @@ class SambaASRConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=32, encoder_layers=2, decoder_layers=1, ffn_mult=2, subsample_channels=8,
                  dropout=0.0),
-    "cpu": dict(d_model=144, encoder_layers=6, decoder_layers=2, ffn_mult=4, subsample_channels=64),
+    "cpu": dict(d_model=144, encoder_layers=6, decoder_layers=2, ffn_mult=4, subsample_channels=32),
     "large": dict(d_model=512, encoder_layers=12, decoder_layers=6, ffn_mult=4, subsample_channels=256),
 }
 

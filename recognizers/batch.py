@@ -1,0 +1,225 @@
+"""The batch runners behind ``recognizers transcribe`` and ``recognizers evaluate`` (interfaces.md,
+platform.md §6).
+
+transcribe: inputs are files, folders (``-r`` recurses), globs, ``@list.txt`` and ``-`` (a list on
+stdin); the model loads once and files stream through it in batches; a bad file gets ``error`` set
+and the run goes on; with ``--output-dir`` each result is written atomically under the input's path
+relative to the inputs' common root, and inputs whose output exists are skipped unless
+``--overwrite`` (so an interrupted run resumes). Exit status: 0 all ok, 1 any input failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .base import InputError, Recognizer
+from .writers import render, write_atomic
+
+__all__ = ["AUDIO_SUFFIXES", "IMAGE_SUFFIXES", "UsageError", "expand_inputs", "run_evaluate",
+           "run_transcribe"]
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = frozenset({".flac", ".wav", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+_KNOWN = AUDIO_SUFFIXES | IMAGE_SUFFIXES
+
+
+class UsageError(ValueError):
+    """Bad command-line usage (exit status 2)."""
+
+
+def _from_list(text: str, origin: str) -> list[str]:
+    entries = [line.strip() for line in text.splitlines()]
+    entries = [e for e in entries if e and not e.startswith("#")]
+    if not entries:
+        raise UsageError(f"{origin}: the input list is empty")
+    return entries
+
+
+def _expand_one(spec: str, recursive: bool) -> list[Path]:
+    path = Path(spec)
+    if path.is_dir():
+        found = path.rglob("*") if recursive else path.iterdir()
+        return sorted(p for p in found if p.is_file() and p.suffix.lower() in _KNOWN)
+    if path.exists():
+        return [path]
+    if glob.has_magic(spec):
+        matches = sorted(Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file())
+        if not matches:
+            raise UsageError(f"{spec}: the pattern matches no file")
+        return matches
+    return [path]  # a missing file is a per-file error (reported, the run goes on), not a usage error
+
+
+def expand_inputs(specs: list[str], recursive: bool = False, stdin: Any = None) -> list[Path]:
+    """Files to process, in order, without duplicates.
+
+    Raises:
+        UsageError: no inputs, an empty list file, or a glob that matches nothing.
+    """
+    out: list[Path] = []
+    for spec in specs:
+        if spec == "-":
+            entries = _from_list((stdin or sys.stdin).read(), "stdin")
+            out += [q for e in entries for q in _expand_one(e, recursive)]
+        elif spec.startswith("@"):
+            try:
+                text = Path(spec[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"{spec[1:]}: cannot read the input list ({exc.strerror})") from exc
+            out += [q for e in _from_list(text, spec[1:]) for q in _expand_one(e, recursive)]
+        else:
+            out += _expand_one(spec, recursive)
+    if not out:
+        raise UsageError("no input files (folders are searched for audio and image files; use -r to recurse)")
+    return list(dict.fromkeys(out))
+
+
+def task_of(path: Path, task: str) -> str:
+    """The task of one input: ``task`` unless it is ``auto``; then by file type (audio → speech)."""
+    if task != "auto":
+        return task
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        return "speech"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(f"{path}: an image may be math or handwriting: pass --task math or --task text")
+    raise InputError(f"{path}: unknown file type {path.suffix!r} (pass --task)")
+
+
+def _common_root(paths: list[Path]) -> Path:
+    parents = [str(p.resolve().parent) for p in paths]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+def _output_path(path: Path, root: Path, out_dir: Path, fmt: str) -> Path:
+    """``a/x.png`` → ``OUT/a/x.png.<fmt>``: the full name is kept so x.png and x.jpg never collide."""
+    rel = path.resolve().relative_to(root)
+    return out_dir / rel.parent / f"{rel.name}.{fmt}"
+
+
+def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _recognize_batch(rec: Recognizer, paths: list[Path], options: dict) -> list[dict]:
+    """Records for one batch: inputs are loaded one by one (a bad one is isolated), recognised together;
+    if the batch fails as a whole, each input is retried alone so only the culprit fails."""
+    records, loaded = {}, {}
+    for p in paths:
+        try:
+            loaded[p] = rec.load_input(p)
+        except (InputError, OSError) as exc:
+            records[p] = {"error": str(exc)}
+    try:
+        for p, result in zip(loaded, rec.recognize(list(loaded.values()), **options), strict=True):
+            records[p] = result.to_dict()
+    except Exception:
+        for p, x in loaded.items():
+            try:
+                records[p] = rec.recognize([x], **options)[0].to_dict()
+            except Exception as exc:
+                records[p] = {"error": f"{p}: {type(exc).__name__}: {exc}"}
+    base = {"text": None, "score": None, "nbest": [], "error": None}
+    return [{"path": str(p), "task": rec.task, **base, **records[p]} for p in paths]
+
+
+def run_transcribe(args: Any, load_recognizer: Any) -> int:
+    """Run ``recognizers transcribe`` with parsed ``args``; returns the exit status (0 or 1)."""
+    from tqdm import tqdm
+
+    paths = expand_inputs(args.inputs, args.recursive)
+    root, out_dir = _common_root(paths), Path(args.output_dir) if args.output_dir else None
+    failed, done, json_records = 0, 0, []
+    groups: dict[str, list[Path]] = {}
+    for p in paths:
+        try:
+            groups.setdefault(task_of(p, args.task) if not args.model else "model", []).append(p)
+        except InputError as exc:
+            failed += _emit({"path": str(p), "task": None, "text": None, "score": None, "nbest": [],
+                             "error": str(exc)}, args, None, json_records)
+    options = {k: v for k, v in (("beam_size", args.beam_size), ("nbest", args.nbest)) if v is not None}
+    with tqdm(total=len(paths), file=sys.stderr, disable=True if args.quiet else None, unit="file") as bar:
+        bar.update(failed)
+        for task, todo in groups.items():
+            if out_dir is not None and not args.overwrite:
+                skipped = [p for p in todo if _output_path(p, root, out_dir, args.format).exists()]
+                todo = [p for p in todo if p not in set(skipped)]
+                done += len(skipped)
+                bar.update(len(skipped))
+            if not todo:
+                continue
+            rec = load_recognizer(args.model or task, args.device)
+            for chunk in _batches(todo, args.batch_size):
+                for record in _recognize_batch(rec, chunk, options):
+                    path = Path(record["path"])
+                    target = _output_path(path, root, out_dir, args.format) if out_dir else None
+                    bad = _emit(record, args, target, json_records)
+                    failed, done = failed + bad, done + (1 - bad)
+                    if bad and not args.quiet:
+                        tqdm.write(f"error: {record['error']}", file=sys.stderr)
+                    bar.update(1)
+    if json_records:
+        sys.stdout.write(render_json_array(json_records))
+    if not args.quiet:
+        print(f"{done} ok, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def render_json_array(records: list[dict]) -> str:
+    import json
+
+    return json.dumps(records, ensure_ascii=False, indent=2) + "\n"
+
+
+def _emit(record: dict, args: Any, target: Path | None, json_records: list) -> int:
+    """Write one record (file, or stdout); returns 1 if it is an error, else 0."""
+    if target is not None:
+        if record["error"] is None or args.format in ("jsonl", "json"):
+            write_atomic(target, render(record, args.format))
+    elif args.format == "json":
+        json_records.append(record)
+    elif args.format == "jsonl" or record["error"] is None:
+        sys.stdout.write(render(record, args.format))
+        sys.stdout.flush()
+    return 0 if record["error"] is None else 1
+
+
+def run_evaluate(args: Any, load_recognizer: Any) -> dict:
+    """``recognizers evaluate``: recognise a labelled corpus and score it. Returns the report.
+
+    Timing covers features, model and search (``recognize``), not model loading or file decoding;
+    rtf = seconds / audio seconds.
+    """
+    if args.task != "speech":
+        raise UsageError(f"evaluate --task {args.task}: not available yet (only speech is implemented)")
+    from data.datasets.librispeech import scan_librispeech
+    from training.metrics import cer, normalize_transcript, wer
+
+    utts = scan_librispeech(args.data)
+    if args.limit:
+        utts = utts[: args.limit]
+    rec = load_recognizer(args.model or "speech", args.device)
+    options = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
+    refs, hyps, seconds, audio = [], [], 0.0, 0.0
+    rec.recognize([rec.load_input(utts[0].path)], **options)  # warm-up: kernels built, caches filled
+    for chunk in _batches(utts, args.batch_size):
+        waves = [rec.load_input(u.path) for u in chunk]
+        start = time.perf_counter()
+        results = rec.recognize(waves, **options)
+        seconds += time.perf_counter() - start
+        audio += sum(w.numel() for w in waves) / 16000
+        refs += [normalize_transcript(u.transcript) for u in chunk]
+        hyps += [normalize_transcript(r.text) for r in results]
+    return {"task": "speech", "model": str(args.model or rec.name), "n": len(utts),
+            "metrics": {"wer": wer(refs, hyps).rate, "cer": cer(refs, hyps).rate},
+            "seconds": round(seconds, 3), "rtf": round(seconds / max(audio, 1e-9), 4),
+            "audio_seconds": round(audio, 1), "beam_size": options.get("beam_size", 4)}

@@ -1,0 +1,174 @@
+"""LightningModule for Samba-ASR: joint CTC/attention training with label smoothing, AdamW with
+warm-up, corpus-level WER/CER in validation (samba-asr.md §8.5, §9, §13.5 M8).
+
+Loss (ESPnet convention, both terms summed per utterance and averaged over the batch):
+L = λ·CTC + (1 − λ)·CE_ls, λ = ``ctc_weight`` (0.3 by default; pure CE when the model has no CTC head).
+A_log, D, the Δ bias, norms, biases and embeddings get no weight decay (samba-asr.md §9).
+The tokenizer comes from the DataModule and is stored in every checkpoint (base64 of the sentencepiece
+model), next to the model config, so ``recognizers export`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+
+from data.audio import SpecAugment
+from data.tokenizer import SentencePieceTokenizer
+from recognizers.samba_asr.config import SambaASRConfig, preset
+from recognizers.samba_asr.model import SambaASR
+
+from .metrics import error_counts, normalize_transcript
+
+__all__ = ["SambaASRModule", "lr_factor"]
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step``: linear warm-up over ``warmup``
+    steps, then ``noam`` (∝ 1/√step) or ``cosine`` (to 5 % of the peak at ``total``) decay."""
+    step = step + 1
+    if step <= warmup:
+        return step / max(1, warmup)
+    if schedule == "noam":
+        return math.sqrt(max(1, warmup) / step)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SambaASRModule(L.LightningModule):
+    """Samba-ASR training.
+
+    Args:
+        vocab_size: linked from the DataModule's tokenizer by ``training.cli``.
+        size: preset of ``recognizers.samba_asr.config.PRESETS`` (tiny, cpu, large).
+        model_overrides: fields of ``SambaASRConfig`` that replace the preset's (d_model, layers...).
+        ctc_weight: λ of the joint loss.
+        label_smoothing: of the attention cross-entropy.
+        spec_augment: keyword arguments of ``data.audio.SpecAugment``; None = its defaults, {} too.
+        optimizer: e.g. AdamW; the module builds the weight-decay parameter groups.
+        warmup_steps: linear warm-up of the learning rate.
+        schedule: ``noam`` or ``cosine`` after the warm-up.
+        val_max_tokens: cap of greedy decoding in validation.
+    """
+
+    def __init__(self, vocab_size: int = 256, size: str = "cpu", model_overrides: dict | None = None,
+                 ctc_weight: float = 0.3, label_smoothing: float = 0.1, spec_augment: dict | None = None,
+                 optimizer: OptimizerCallable = torch.optim.AdamW, warmup_steps: int = 1000,
+                 schedule: str = "noam", val_max_tokens: int = 200) -> None:
+        super().__init__()
+        if schedule not in ("noam", "cosine"):
+            raise ValueError(f"schedule must be 'noam' or 'cosine', got {schedule!r}")
+        if not 0 <= ctc_weight <= 1:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
+        self.save_hyperparameters()
+        cfg = preset(size, vocab_size, **(model_overrides or {}))
+        if ctc_weight == 0 and cfg.ctc:
+            cfg = SambaASRConfig.from_dict({**cfg.to_dict(), "ctc": False})
+        self.model = SambaASR(cfg)
+        self.spec_augment = SpecAugment(**(spec_augment or {}))
+        self.optimizer_factory = optimizer
+        self.tokenizer: SentencePieceTokenizer | None = None
+        self._counts = torch.zeros(4, dtype=torch.float64)  # word errors, words, char errors, chars
+
+    # ----- data-derived state ------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and getattr(dm, "tokenizer", None) is not None and self.tokenizer is None:
+            self.tokenizer = dm.tokenizer
+        if stage == "fit" and dm is not None and getattr(dm, "cmvn", None) is not None:
+            self.model.cmvn.load_state_dict(dm.cmvn.state_dict())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["recognizers"] = {"model": "samba-asr", "config": self.model.cfg.to_dict(),
+                                     "tokenizer": self.tokenizer.to_base64() if self.tokenizer else None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("recognizers", {}).get("tokenizer")
+        if saved:
+            self.tokenizer = SentencePieceTokenizer.from_base64(saved)
+
+    # ----- steps -------------------------------------------------------------------------------
+    def _losses(self, batch: dict, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(total, attention CE, CTC or None), each summed per utterance and averaged over the batch."""
+        model, bsz = self.model, batch["feats"].shape[0]
+        encoded, enc_lengths = model.encode(batch["feats"], batch["lengths"],
+                                            self.spec_augment if augment else None)
+        logits = model.decode(batch["tokens_in"], batch["token_lengths"], encoded, enc_lengths)
+        ce = F.cross_entropy(logits.float().transpose(1, 2), batch["tokens_out"], ignore_index=0,
+                             label_smoothing=self.hparams.label_smoothing, reduction="sum") / bsz
+        if model.ctc_head is None:
+            return ce, ce, None
+        ctc = F.ctc_loss(model.ctc_log_probs(encoded).transpose(0, 1), batch["tokens_out"],
+                         enc_lengths, batch["token_lengths"] - 1, blank=model.cfg.blank_id, reduction="sum",
+                         zero_infinity=True) / bsz
+        lam = self.hparams.ctc_weight
+        return lam * ctc + (1 - lam) * ce, ce, ctc
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, ce, ctc = self._losses(batch, augment=True)
+        bsz = batch["feats"].shape[0]
+        self.log_dict({"train_loss": loss, "train_ce": ce, **({"train_ctc": ctc} if ctc is not None else {})},
+                      prog_bar=True, batch_size=bsz)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, _, _ = self._losses(batch, augment=False)
+        self.log("val_loss", loss, batch_size=batch["feats"].shape[0], sync_dist=True)
+        self._count_errors(batch["texts"], self.greedy_texts(batch["feats"], batch["lengths"]))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def _count_errors(self, refs: list[str], hyps: list[str]) -> None:
+        for ref, hyp in zip(refs, hyps, strict=True):
+            r, h = normalize_transcript(ref), normalize_transcript(hyp)
+            words, chars = error_counts(r, h, "word"), error_counts(r, h, "char")
+            self._counts += torch.tensor([words.errors, words.ref_units, chars.errors, chars.ref_units],
+                                         dtype=torch.float64)
+
+    def _log_error_rates(self, prefix: str) -> None:
+        counts = self.trainer.strategy.reduce(self._counts.to(self.device), reduce_op="sum").cpu()
+        self._counts.zero_()
+        wer = float(counts[0] / counts[1].clamp(min=1))
+        self.log(f"{prefix}_wer", wer, prog_bar=True, rank_zero_only=True)
+        self.log(f"{prefix}_cer", float(counts[2] / counts[3].clamp(min=1)), rank_zero_only=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_error_rates("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_error_rates("test")
+
+    @torch.no_grad()
+    def greedy_texts(self, feats: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Greedy attention decoding of a batch (validation only; users get beam search)."""
+        from recognizers.decoding import DecodingOptions, greedy_search
+
+        model = self.model
+        encoded, enc_lengths = model.encode(feats, lengths)
+        options = DecodingOptions(max_length=self.hparams.val_max_tokens,
+                                  suppress_tokens=(model.cfg.blank_id, model.cfg.sos_id))
+        hyps = greedy_search(model.step, model.init_state(encoded, enc_lengths),
+                             lambda state, index: state.index_select(index), batch_size=feats.shape[0],
+                             sos_id=model.cfg.sos_id, eos_id=model.cfg.eos_id, options=options,
+                             lengths=enc_lengths, device=feats.device)
+        if self.tokenizer is None:
+            raise RuntimeError("no tokenizer: train through the SpeechDataModule or load a checkpoint")
+        return [self.tokenizer.decode(list(h[0].tokens)) for h in hyps]
+
+    # ----- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            skip = getattr(p, "_no_weight_decay", False) or p.ndim < 2 or name.startswith("embed")
+            (no_decay if skip else decay).append(p)
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        hp = self.hparams
+        total = int(self.trainer.estimated_stepping_batches) if hp.schedule == "cosine" else 0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, hp.warmup_steps, total, hp.schedule))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
