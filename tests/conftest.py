@@ -41,3 +41,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def speech_corpus(tmp_path_factory):
+    """A small synthetic LibriSpeech-layout corpus (``recognizers synth speech``), shared by the
+    training and end-to-end tests: 30 utterances, 20 train / 6 dev / 4 test."""
+    for tool, package in (("espeak-ng", "espeak-ng"), ("flite", "flite"), ("text2wave", "festival")):
+        require_tool(tool, package)
+    from data.synth.speech import CorpusConfig, synthesize_corpus
+
+    out = tmp_path_factory.mktemp("speech") / "corpus"
+    config = CorpusConfig(num=30, seed=11, dev_fraction=0.2, test_fraction=0.12)
+    summary = synthesize_corpus(out, config, jobs=1)
+    assert not summary.failed
+    return out

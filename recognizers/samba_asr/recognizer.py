@@ -94,7 +94,7 @@ class SambaASRRecognizer(Recognizer):
 
     @torch.no_grad()
     def recognize(self, inputs: Sequence[Any], *, beam_size: int = 4, nbest: int = 1, ctc_weight: float = 0.3,
-                  length_penalty: float = 1.0, num_groups: int = 1, diversity_penalty: float = 0.0,
+                  length_penalty: float = 0.0, num_groups: int = 1, diversity_penalty: float = 0.0,
                   timestamps: bool = True) -> list[Result]:
         """Recognise a batch of audio inputs.
 
