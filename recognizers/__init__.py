@@ -44,7 +44,7 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
     """
     import torch
 
-    from .checkpoint import read_bundle
+    from .checkpoint import CheckpointError, read_bundle
     from .registry import REGISTRY, weights_path
 
     name = str(name_or_path)
@@ -64,4 +64,7 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
         spec = REGISTRY[bundle.model]
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
-    return spec.recognizer_class().from_bundle(bundle, device=device)
+    try:
+        return spec.recognizer_class().from_bundle(bundle, device=device)
+    except CheckpointError as exc:  # from_bundle knows the contents, not the file: name it here
+        raise CheckpointError(f"{path}: {exc}") from exc

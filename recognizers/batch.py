@@ -105,6 +105,20 @@ def _output_path(path: Path, root: Path, out_dir: Path, fmt: str) -> Path:
     return out_dir / rel.parent / f"{rel.name}.{fmt}"
 
 
+def _finished(target: Path) -> bool:
+    """An existing output counts as done, except a json/jsonl record of a failure: that input is retried."""
+    if not target.is_file():
+        return False
+    if target.suffix in (".jsonl", ".json"):
+        import json
+
+        try:
+            return json.loads(target.read_text(encoding="utf-8")).get("error") is None
+        except (OSError, ValueError, AttributeError):
+            return False
+    return True
+
+
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -144,14 +158,17 @@ def run_transcribe(args: Any, load_recognizer: Any) -> int:
         try:
             groups.setdefault(task_of(p, args.task) if not args.model else "model", []).append(p)
         except InputError as exc:
+            target = _output_path(p, root, out_dir, args.format) if out_dir else None
             failed += _emit({"path": str(p), "task": None, "text": None, "score": None, "nbest": [],
-                             "error": str(exc)}, args, None, json_records)
+                             "error": str(exc)}, args, target, json_records)
+            if not args.quiet:
+                print(f"error: {exc}", file=sys.stderr)
     options = {k: v for k, v in (("beam_size", args.beam_size), ("nbest", args.nbest)) if v is not None}
     with tqdm(total=len(paths), file=sys.stderr, disable=True if args.quiet else None, unit="file") as bar:
         bar.update(failed)
         for task, todo in groups.items():
             if out_dir is not None and not args.overwrite:
-                skipped = [p for p in todo if _output_path(p, root, out_dir, args.format).exists()]
+                skipped = [p for p in todo if _finished(_output_path(p, root, out_dir, args.format))]
                 todo = [p for p in todo if p not in set(skipped)]
                 done += len(skipped)
                 bar.update(len(skipped))

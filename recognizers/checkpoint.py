@@ -75,6 +75,9 @@ def _from_lightning(path: Path) -> Bundle:
     info = ckpt.get("recognizers") if isinstance(ckpt, dict) else None
     if not info:
         raise CheckpointError(f"{path}: checkpoint has no 'recognizers' entry (not trained by this project)")
+    if not isinstance(info, dict) or not {"model", "config"} <= set(info) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: checkpoint without 'state_dict' or the model and config of its "
+                              "'recognizers' entry")
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     extras = {k: v for k, v in info.items() if k not in ("model", "config") and isinstance(v, str)}
     return Bundle(info["model"], info["config"], extras, state)

@@ -56,3 +56,29 @@ def speech_corpus(tmp_path_factory):
     summary = synthesize_corpus(out, config, jobs=1)
     assert not summary.failed
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_asr(tmp_path_factory):
+    """A tiny untrained Samba-ASR bundle (tests/speech_fixtures.py): ``.path``, ``.model``, ``.tokenizer``."""
+    from tests.speech_fixtures import build_tiny_asr
+
+    return build_tiny_asr(tmp_path_factory.mktemp("tiny_asr"))
+
+
+@pytest.fixture(scope="session")
+def audio_tree(tmp_path_factory):
+    """Good and bad audio inputs in nested folders (tests/speech_fixtures.py, ``write_audio_tree``)."""
+    from tests.speech_fixtures import write_audio_tree
+
+    return write_audio_tree(tmp_path_factory.mktemp("audio"))
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for the duration of a test: the tiny models' ops are too small to gain from
+    threads, and on a busy machine thread contention makes them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

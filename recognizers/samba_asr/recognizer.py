@@ -76,17 +76,26 @@ class SambaASRRecognizer(Recognizer):
         if "tokenizer" not in bundle.extras:
             raise CheckpointError("Samba-ASR model file without its tokenizer (metadata "
                                   "'recognizers.tokenizer')")
-        model = SambaASR(SambaASRConfig.from_dict(bundle.config))
-        missing, unexpected = model.load_state_dict(bundle.state_dict, strict=False)
+        try:
+            model = SambaASR(SambaASRConfig.from_dict(bundle.config))
+            tokenizer = SentencePieceTokenizer.from_base64(bundle.extras["tokenizer"])
+        except (TypeError, KeyError, ValueError) as exc:  # unknown/missing config keys, bad values or proto
+            raise CheckpointError(f"Samba-ASR config or tokenizer unusable: {exc!r}") from exc
+        if tokenizer.vocab_size != model.cfg.vocab_size:
+            raise CheckpointError(f"Samba-ASR model file: its tokenizer has {tokenizer.vocab_size} pieces, "
+                                  f"its config vocab_size is {model.cfg.vocab_size}")
+        try:
+            missing, unexpected = model.load_state_dict(bundle.state_dict, strict=False)
+        except RuntimeError as exc:  # shape mismatches raise even with strict=False
+            raise CheckpointError(f"Samba-ASR weights do not match the config: {exc}") from exc
         if missing or unexpected:
             raise CheckpointError(f"Samba-ASR weights do not match the config: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
-        return cls(model, SentencePieceTokenizer.from_base64(bundle.extras["tokenizer"]), device)
+        return cls(model, tokenizer, device)
 
     def load_input(self, source: Any) -> torch.Tensor:
-        """Any audio soundfile reads (path), or samples at 16 kHz → `(T,)` float32 16 kHz mono."""
-        if isinstance(source, torch.Tensor) and source.dim() == 1 and source.dtype == torch.float32:
-            return source
+        """Any audio soundfile reads (path), or samples at 16 kHz → `(T,)` float32 16 kHz mono.
+        Samples are checked too (empty, silent, NaN), not only files."""
         try:
             return load_audio(source)
         except AudioError as exc:
@@ -121,9 +130,12 @@ class SambaASRRecognizer(Recognizer):
         decoded: dict[tuple[int, int], tuple[list, list[Word]]] = {}
         for batch in self._batches(windows):
             clips = [waves[i][a:b] for i, a, b in batch]
-            for (i, a, _), hyps, words in zip(batch, *self._decode(clips, options, timestamps), strict=True):
-                offset = a / SAMPLE_RATE
-                decoded[(i, a)] = (hyps, [Word(w.text, w.start + offset, w.end + offset) for w in words])
+            for (i, a, b), hyps, words in zip(batch, *self._decode(clips, options, timestamps), strict=True):
+                # the last encoder frame reaches past the clip's end: clamp, so times stay inside the audio
+                # and the next window's words never start before this one's end
+                offset, length = a / SAMPLE_RATE, (b - a) / SAMPLE_RATE
+                decoded[(i, a)] = (hyps, [
+                    Word(w.text, offset + min(w.start, length), offset + min(w.end, length)) for w in words])
         return [self._result([decoded[(i, a)] for j, a, _ in windows if j == i]) for i in range(len(waves))]
 
     def _batches(self, windows: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
