@@ -146,44 +146,53 @@ def _recognize_batch(rec: Recognizer, paths: list[Path], options: dict) -> list[
     return [{"path": str(p), "task": rec.task, **base, **records[p]} for p in paths]
 
 
+def _chunk_records(chunk: list[Path], args: Any, targets: dict, recognizer_for: Any, options: dict) -> list:
+    """Records of one chunk of inputs in input order; None for an input skipped because its output
+    exists. Inputs are grouped by task inside the chunk, each group recognised as one batch."""
+    records: dict[Path, dict | None] = {}
+    groups: dict[str, list[Path]] = {}
+    for p in chunk:
+        if targets[p] is not None and not args.overwrite and _finished(targets[p]):
+            records[p] = None
+            continue
+        try:
+            groups.setdefault(task_of(p, args.task) if not args.model else "model", []).append(p)
+        except InputError as exc:
+            records[p] = {"path": str(p), "task": None, "text": None, "score": None, "nbest": [],
+                          "error": str(exc)}
+    for task, todo in groups.items():
+        records.update(zip(todo, _recognize_batch(recognizer_for(task), todo, options), strict=True))
+    return [records[p] for p in chunk]
+
+
 def run_transcribe(args: Any, load_recognizer: Any) -> int:
-    """Run ``recognizers transcribe`` with parsed ``args``; returns the exit status (0 or 1)."""
+    """Run ``recognizers transcribe`` with parsed ``args``; returns the exit status (0 or 1).
+
+    Outputs follow the input order. Each task's model loads once, on first use.
+    """
     from tqdm import tqdm
 
     paths = expand_inputs(args.inputs, args.recursive)
     root, out_dir = _common_root(paths), Path(args.output_dir) if args.output_dir else None
-    failed, done, json_records = 0, 0, []
-    groups: dict[str, list[Path]] = {}
-    for p in paths:
-        try:
-            groups.setdefault(task_of(p, args.task) if not args.model else "model", []).append(p)
-        except InputError as exc:
-            target = _output_path(p, root, out_dir, args.format) if out_dir else None
-            failed += _emit({"path": str(p), "task": None, "text": None, "score": None, "nbest": [],
-                             "error": str(exc)}, args, target, json_records)
-            if not args.quiet:
-                print(f"error: {exc}", file=sys.stderr)
+    targets = {p: _output_path(p, root, out_dir, args.format) if out_dir else None for p in paths}
     options = {k: v for k, v in (("beam_size", args.beam_size), ("nbest", args.nbest)) if v is not None}
+    loaded: dict[str, Recognizer] = {}
+
+    def recognizer_for(task: str) -> Recognizer:
+        if task not in loaded:
+            loaded[task] = load_recognizer(args.model or task, args.device)
+        return loaded[task]
+
+    failed, done, json_records = 0, 0, []
     with tqdm(total=len(paths), file=sys.stderr, disable=True if args.quiet else None, unit="file") as bar:
-        bar.update(failed)
-        for task, todo in groups.items():
-            if out_dir is not None and not args.overwrite:
-                skipped = [p for p in todo if _finished(_output_path(p, root, out_dir, args.format))]
-                todo = [p for p in todo if p not in set(skipped)]
-                done += len(skipped)
-                bar.update(len(skipped))
-            if not todo:
-                continue
-            rec = load_recognizer(args.model or task, args.device)
-            for chunk in _batches(todo, args.batch_size):
-                for record in _recognize_batch(rec, chunk, options):
-                    path = Path(record["path"])
-                    target = _output_path(path, root, out_dir, args.format) if out_dir else None
-                    bad = _emit(record, args, target, json_records)
-                    failed, done = failed + bad, done + (1 - bad)
-                    if bad and not args.quiet:
-                        tqdm.write(f"error: {record['error']}", file=sys.stderr)
-                    bar.update(1)
+        for chunk in _batches(paths, args.batch_size):
+            for p, record in zip(chunk, _chunk_records(chunk, args, targets, recognizer_for, options),
+                                 strict=True):
+                bad = 0 if record is None else _emit(record, args, targets[p], json_records)
+                failed, done = failed + bad, done + (1 - bad)
+                if bad and not args.quiet:
+                    tqdm.write(f"error: {record['error']}", file=sys.stderr)
+                bar.update(1)
     if json_records:
         sys.stdout.write(render_json_array(json_records))
     if not args.quiet:

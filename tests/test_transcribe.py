@@ -152,17 +152,19 @@ def test_auto_task_with_an_image_asks_for_task(tiny_asr, audio_tree, tmp_path, c
     weights.mkdir()
     shutil.copy(tiny_asr.path, weights / "samba_asr.safetensors")
     monkeypatch.setenv("RECOGNIZERS_WEIGHTS_DIR", str(weights))
-    code = main(["transcribe", str(audio_tree["image"]), str(audio_tree["ax"]), "--device", "cpu"])
+    code = main(["transcribe", str(audio_tree["ax"]), str(audio_tree["image"]), str(audio_tree["bx"]),
+                 "--device", "cpu"])
     out, err = capsys.readouterr()
     assert code == 1
-    image, audio = _records(out)
+    audio, image, other = _records(out)  # input order, whatever failed where
+    assert other["path"] == str(audio_tree["bx"])
     assert image["path"] == str(audio_tree["image"])
     assert "--task" in image["error"]
     assert image["text"] is None
     assert audio["error"] is None
     assert audio["task"] == "speech"
     assert audio["text"]
-    assert _summary(err) == (1, 1)
+    assert _summary(err) == (2, 1)
     assert "Traceback" not in err
 
 
