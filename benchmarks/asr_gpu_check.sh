@@ -14,7 +14,7 @@ start=$(date +%s)
   --data.init_args.train_dir "$CORPUS/train" --data.init_args.val_dir "$CORPUS/dev" \
   --data.init_args.test_dir "$CORPUS/dev" --data.init_args.vocab_size 200 --data.init_args.num_workers 4 \
   --data.init_args.max_batch_seconds 600 --trainer.devices 1 --trainer.max_steps 30 \
-  --trainer.val_check_interval 15 --trainer.limit_val_batches 2 --model.init_args.warmup_steps 10 \
+  --trainer.val_check_interval 15 --trainer.check_val_every_n_epoch null --trainer.limit_val_batches 2 --model.init_args.warmup_steps 10 \
   --trainer.default_root_dir "$OUT/asr_fit" --trainer.logger.init_args.save_dir "$OUT/asr_fit"
-echo "fit: $(( $(date +%s) - start )) s; checkpoints:"; ls "$OUT/asr_fit/checkpoints"
+echo "fit: $(( $(date +%s) - start )) s; checkpoints:"; find "$OUT/asr_fit" -name "*.ckpt"
 "$PY" benchmarks/asr_gpu_check.py --out "$OUT/asr_gpu_check.json"
