@@ -58,6 +58,10 @@ def _add_transcribe_parser(subparsers) -> None:
     t.add_argument("--output-dir", default=None, help="write one file per input, mirroring relative paths")
     t.add_argument("--overwrite", action="store_true", help="redo inputs whose output already exists")
     t.add_argument("--nbest", type=_positive, default=None, help="hypotheses per input in 'nbest'")
+    t.add_argument("--num-groups", type=_positive, default=None,
+                   help="diverse beam search: groups of the beam (must divide --beam-size)")
+    t.add_argument("--diversity-penalty", type=float, default=None,
+                   help="diverse beam search: penalty for a token an earlier group chose at the same step")
     t.add_argument("--writer-profile", default=None, help="handwriting: a writer profile from `adapt`")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors or summary")
     _add_model_options(t)
@@ -101,6 +105,17 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     from recognizers.batch import UsageError, run_transcribe
     from recognizers.checkpoint import CheckpointError
 
+    if args.nbest is not None and args.beam_size is None and args.nbest > 4:
+        args.beam_size = args.nbest  # the default beam (4) widened to hold the n-best list asked for
+    beam = args.beam_size or 4
+    problems = [(args.num_groups is not None and beam % args.num_groups,
+                 f"--num-groups {args.num_groups} must divide the beam size {beam}"),
+                (args.nbest is not None and args.nbest > beam,
+                 f"--nbest {args.nbest} exceeds --beam-size {beam}")]
+    for failed, message in problems:
+        if failed:
+            print(f"recognizers transcribe: error: {message}", file=sys.stderr)
+            return 2
     try:
         return run_transcribe(args, _load_recognizer)
     except (UsageError, CheckpointError, ValueError) as exc:

@@ -372,6 +372,20 @@ def test_nbest(cli, audio_tree):
         assert r["nbest"][0] == {"text": r["text"], "score": r["score"]}
 
 
+def test_diverse_nbest(cli, audio_tree):
+    """Diverse beam search (2 groups of 2) returns distinct hypotheses; bad group counts are usage errors."""
+    code, out, _ = cli("transcribe", audio_tree["ax"], "--nbest", "4", "--beam-size", "4",
+                       "--num-groups", "2", "--diversity-penalty", "2.0")
+    assert code == 0
+    texts = [h["text"] for h in _records(out)[0]["nbest"]]
+    assert 1 <= len(texts) <= 4
+    assert len(set(texts)) == len(texts)
+    code, out, err = cli("transcribe", audio_tree["ax"], "--beam-size", "3", "--num-groups", "2")
+    assert code == 2
+    assert out == ""
+    assert "--num-groups" in err
+
+
 def test_transcribe_help_does_not_import_torch_or_lightning():
     code = ("import sys\nfrom recognizers.cli import main\n"
             "try:\n    main(['transcribe', '--help'])\nexcept SystemExit:\n    pass\n"
