@@ -171,3 +171,12 @@ def _silent_file(folder):
     path = folder / "silent.flac"
     sf.write(path, np.zeros(RATE, np.float32), RATE)
     return path
+
+
+def test_duration_cap_is_configurable(tiny_asr):
+    """Inputs longer than the recognizer's cap are refused with a clear message; below it they run."""
+    capped = SambaASRRecognizer(tiny_asr.model, tiny_asr.tokenizer, max_seconds=2.0)
+    long = 0.1 * torch.randn(3 * RATE)
+    with pytest.raises(InputError, match="longer than the 2 s limit"):
+        capped.recognize([long])
+    assert len(capped.recognize([long[: RATE]], beam_size=1)) == 1

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from data.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, load_audio, log_mel
+from data.audio import HOP_LENGTH, MAX_SECONDS, SAMPLE_RATE, AudioError, load_audio, log_mel
 from data.tokenizer import SentencePieceTokenizer
 
 from .. import decoding
@@ -56,19 +56,23 @@ class SambaASRRecognizer(Recognizer):
         device: where to run.
         window_seconds: longer inputs are recognised in windows of at most this length.
         batch_seconds: padded seconds of audio per forward pass.
+        max_seconds: longest accepted input (``data.audio.MAX_SECONDS``, 30 minutes, by default);
+            anything up to it is recognised window by window.
     """
 
     name = "samba-asr"
     task = "speech"
 
     def __init__(self, model: SambaASR, tokenizer: SentencePieceTokenizer, device: torch.device | str = "cpu",
-                 window_seconds: float = 25.0, batch_seconds: float = 240.0) -> None:
+                 window_seconds: float = 25.0, batch_seconds: float = 240.0,
+                 max_seconds: float = MAX_SECONDS) -> None:
         if tokenizer.vocab_size != model.cfg.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces, the model {model.cfg.vocab_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.window_seconds, self.batch_seconds = window_seconds, batch_seconds
+        self.max_seconds = max_seconds
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device | str = "cpu") -> SambaASRRecognizer:
@@ -97,7 +101,7 @@ class SambaASRRecognizer(Recognizer):
         """Any audio soundfile reads (path), or samples at 16 kHz → `(T,)` float32 16 kHz mono.
         Samples are checked too (empty, silent, NaN), not only files."""
         try:
-            return load_audio(source)
+            return load_audio(source, max_seconds=self.max_seconds)
         except AudioError as exc:
             raise InputError(str(exc)) from exc
 
