@@ -100,6 +100,26 @@ def test_fit_saves_a_checkpoint_that_exports_and_loads(speech_corpus, tmp_path):
     assert isinstance(result.text, str)
 
 
+def test_validation_reports_corpus_error_rates(speech_corpus):
+    """val_wer/val_cer are the corpus-level rates of greedy decoding: an untrained model scores above 0
+    and a perfect hypothesis list scores 0 (the counts must survive the cross-process reduction)."""
+    import lightning as L
+
+    from training.speech_data import SpeechDataModule
+
+    torch.manual_seed(0)
+    dm = SpeechDataModule(str(speech_corpus / "train"), str(speech_corpus / "dev"), vocab_size=40,
+                          cmvn_utterances=4)
+    module = SambaASRModule(vocab_size=dm.vocab_size, size="tiny", val_max_tokens=8)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    assert metrics["val_wer"] > 0.5
+    assert metrics["val_cer"] > 0.2
+    module._count_errors(["A B C", "D E"], ["A B X", "D E"])  # one substitution: WER 1/5, CER 1/8
+    assert module._counts.tolist() == [1.0, 5.0, 1.0, 8.0]
+
+
 def test_fit_resumes_from_a_checkpoint(speech_corpus, tmp_path):
     from recognizers.cli import main
 

@@ -127,12 +127,13 @@ class SambaASRModule(L.LightningModule):
         for ref, hyp in zip(refs, hyps, strict=True):
             r, h = normalize_transcript(ref), normalize_transcript(hyp)
             words, chars = error_counts(r, h, "word"), error_counts(r, h, "char")
-            self._counts += torch.tensor([words.errors, words.ref_units, chars.errors, chars.ref_units],
-                                         dtype=torch.float64)
+            self._counts = self._counts + torch.tensor(  # not in place: may be an inference-mode tensor
+                [words.errors, words.ref_units, chars.errors, chars.ref_units], dtype=torch.float64)
 
     def _log_error_rates(self, prefix: str) -> None:
-        counts = self.trainer.strategy.reduce(self._counts.to(self.device), reduce_op="sum").cpu()
-        self._counts.zero_()
+        # a copy: on one device reduce() hands back the very tensor, which is reset below
+        counts = self.trainer.strategy.reduce(self._counts.clone().to(self.device), reduce_op="sum").cpu()
+        self._counts = torch.zeros_like(self._counts)
         wer = float(counts[0] / counts[1].clamp(min=1))
         self.log(f"{prefix}_wer", wer, prog_bar=True, rank_zero_only=True)
         self.log(f"{prefix}_cer", float(counts[2] / counts[3].clamp(min=1)), rank_zero_only=True)
