@@ -1,0 +1,177 @@
+"""Small shared network pieces: multi-head attention with an explicit additive bias and an explicit
+key/value cache, and sinusoidal 1-D and 2-D positional encodings.
+
+The attention is split into ``logits`` (scaled, masked QKᵀ) and ``attend`` (bias, softmax, dropout, values,
+output projection) so that a correction term computed *from* the attention — CoMER's ARM, which needs the
+unrefined probabilities first — is an ordinary ``bias`` tensor rather than a hook inside the module.
+Keys and values travel in a frozen :class:`KVCache` that callers create (``project_kv``), extend
+(``append``) and reorder (``index_select``); nothing is stored on the module.
+
+References: Vaswani et al., "Attention Is All You Need" (NeurIPS 2017) for the attention and the 1-D
+encoding; Carion et al., DETR (ECCV 2020) for the normalised 2-D encoding.
+
+Legend: N batch rows, H heads, Lq queries, T keys, d model width, d_h = d / H.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["KVCache", "MultiHeadAttention", "PositionalEncoding1d", "sinusoidal_encoding_2d"]
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Projected keys and values, split into heads.
+
+    Attributes:
+        key: `(N, H, T, d_h)`.
+        value: `(N, H, T, d_h)`.
+    """
+
+    key: Tensor
+    value: Tensor
+
+    @property
+    def length(self) -> int:
+        """T, the number of cached positions."""
+        return self.key.shape[2]
+
+    def append(self, other: KVCache) -> KVCache:
+        """This cache followed by ``other`` along time (one new entry per decoding step)."""
+        return KVCache(torch.cat([self.key, other.key], dim=2), torch.cat([self.value, other.value], dim=2))
+
+    def index_select(self, index: Tensor) -> KVCache:
+        """Select or duplicate rows. Args: index `(N',)` long."""
+        return KVCache(self.key.index_select(0, index), self.value.index_select(0, index))
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over ``num_heads`` heads, with biased projections (as torch's).
+
+    Args:
+        d_model: d, the width of queries, keys and values.
+        num_heads: H; must divide ``d_model``.
+        dropout: on the attention probabilities.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"num_heads {num_heads} must divide d_model {d_model}")
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: Tensor) -> Tensor:
+        n, length, d = x.shape
+        return x.view(n, length, self.num_heads, d // self.num_heads).transpose(1, 2)  # (N, H, L, d_h)
+
+    def project_kv(self, x: Tensor) -> KVCache:
+        """Keys and values of `(N, T, d)` inputs, as a cache of T entries."""
+        return KVCache(self._split(self.k_proj(x)), self._split(self.v_proj(x)))
+
+    def logits(self, query: Tensor, kv: KVCache, mask: Tensor | None = None) -> Tensor:
+        """E = QKᵀ/√d_h with blocked keys at −inf.
+
+        Args:
+            query: `(N, Lq, d)`.
+            kv: keys and values of T positions.
+            mask: bool, True where a key is blocked; broadcastable to `(N, H, Lq, T)`.
+
+        Returns:
+            `(N, H, Lq, T)`.
+        """
+        q = self._split(self.q_proj(query))  # (N, H, Lq, d_h)
+        scores = q @ kv.key.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (N, H, Lq, T)
+        return scores if mask is None else scores.masked_fill(mask, float("-inf"))
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Softmax over keys, then dropout: `(N, H, Lq, T)` → `(N, H, Lq, T)`."""
+        return self.dropout(logits.softmax(dim=-1))
+
+    def attend(self, logits: Tensor, kv: KVCache, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Attend the values with probabilities ``softmax(logits + bias)``.
+
+        Blocked keys stay blocked: −inf plus a finite bias is −inf.
+
+        Args:
+            logits: `(N, H, Lq, T)` from :meth:`logits`.
+            kv: the keys and values the logits were computed on.
+            bias: additive, broadcastable to `(N, H, Lq, T)`; None for none.
+
+        Returns:
+            Output `(N, Lq, d)` and the probabilities `(N, H, Lq, T)` (after dropout).
+        """
+        probs = self.probabilities(logits if bias is None else logits + bias)
+        out = (probs @ kv.value).transpose(1, 2).flatten(2)  # (N, Lq, d)
+        return self.out_proj(out), probs
+
+    def forward(self, query: Tensor, kv: KVCache, mask: Tensor | None = None,
+                bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`logits` then :meth:`attend`; returns `(N, Lq, d)` and `(N, H, Lq, T)`."""
+        return self.attend(self.logits(query, kv, mask), kv, bias)
+
+
+class PositionalEncoding1d(nn.Module):
+    """Adds the sinusoidal encoding pe[p, 2i] = sin(p·ω_i), pe[p, 2i+1] = cos(p·ω_i), ω_i = 10000^(−2i/d).
+
+    Args:
+        d_model: d (even).
+        max_len: the longest sequence that can be encoded.
+    """
+
+    def __init__(self, d_model: int, max_len: int, temperature: float = 10000.0) -> None:
+        super().__init__()
+        if d_model % 2:
+            raise ValueError(f"d_model must be even, got {d_model}")
+        freqs = temperature ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (d/2,)
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * freqs  # (max_len, d/2)
+        pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (max_len, d), sin/cos interleaved
+        self.register_buffer("pe", pe.float(), persistent=False)  # derived, so not in checkpoints
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """`(N, L, d)` → `(N, L, d)` with positions ``offset .. offset + L − 1`` added."""
+        end = offset + x.shape[1]
+        if end > self.pe.shape[0]:
+            raise ValueError(f"position {end - 1} is beyond max_len {self.pe.shape[0]}")
+        return x + self.pe[offset:end].to(x.dtype)
+
+
+def sinusoidal_encoding_2d(mask: Tensor, d_model: int, temperature: float = 10000.0,
+                           eps: float = 1e-6) -> Tensor:
+    """DETR's normalised 2-D sinusoidal encoding of the non-padded pixels.
+
+    x (y) is the running count of valid pixels along the row (column), divided by that row's (column's)
+    total and scaled by 2π, so an image's encoding does not depend on how much padding surrounds it. The
+    first d/2 channels encode x and the last d/2 encode y, each as interleaved sin/cos over the
+    frequencies 10000^(−2i/(d/2)). ``eps`` (DETR's) keeps fully padded rows and columns finite.
+
+    Args:
+        mask: `(N, h, w)` bool, True on padding.
+        d_model: d, a multiple of 4.
+
+    Returns:
+        `(N, h, w, d)` float32.
+    """
+    if d_model % 4:
+        raise ValueError(f"d_model must be a multiple of 4, got {d_model}")
+    valid = (~mask).float()
+    y = valid.cumsum(1)
+    x = valid.cumsum(2)
+    y = y / (y[:, -1:, :] + eps) * 2 * math.pi  # (N, h, w)
+    x = x / (x[:, :, -1:] + eps) * 2 * math.pi
+    half = d_model // 2
+    freqs = temperature ** (-torch.arange(0, half, 2, device=mask.device, dtype=torch.float32) / half)
+    parts = []
+    for coord in (x, y):
+        angles = coord[..., None] * freqs  # (N, h, w, d/4)
+        parts.append(torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(3))  # (N, h, w, d/2)
+    return torch.cat(parts, dim=-1)  # (N, h, w, d)

@@ -1,0 +1,31 @@
+"""PosFormer: handwritten mathematical expressions to LaTeX (posformer.md).
+
+``config`` (frozen configuration and presets), ``tree`` (position-forest labels and teacher-forcing
+targets), ``model`` (the network: ``encoder``, ``arm``, ``decoder``) and ``loss`` (the weighted training
+loss). Decoding uses the model-agnostic ``recognizers.decoding`` over ``PosFormer.step``.
+"""
+
+from .config import IAC_SYMBOLS, IAC_SYMBOLS_OUTPUT_ALIGNED, PosFormerConfig, preset, resolve_ids
+from .decoder import DecoderState
+from .loss import LossWeights, PosFormerLoss, posformer_loss
+from .model import PosFormer, PosFormerOutput
+from .tree import MalformedLatexError, PositionLabels, TeacherForcing, bidirectional_targets, label_positions
+
+__all__ = [
+    "IAC_SYMBOLS",
+    "IAC_SYMBOLS_OUTPUT_ALIGNED",
+    "DecoderState",
+    "LossWeights",
+    "MalformedLatexError",
+    "PosFormer",
+    "PosFormerConfig",
+    "PosFormerLoss",
+    "PosFormerOutput",
+    "PositionLabels",
+    "TeacherForcing",
+    "bidirectional_targets",
+    "label_positions",
+    "posformer_loss",
+    "preset",
+    "resolve_ids",
+]
