@@ -3,7 +3,8 @@ read with ``torch.load(weights_only=True)`` only (architecture.md rule 10, platf
 
 Metadata keys of a bundle (all strings): ``recognizers.model`` (registry name), ``recognizers.config``
 (JSON of the model's frozen config), ``recognizers.format`` ("1") and model-specific extras such as
-``recognizers.tokenizer`` (base64 of the sentencepiece model).
+``recognizers.tokenizer`` (base64 of the sentencepiece model) or ``recognizers.vocab`` (PosFormer: JSON
+list of the vocabulary's tokens).
 """
 
 from __future__ import annotations
@@ -98,5 +99,22 @@ def read_bundle(path: str | Path) -> Bundle:
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
-    """``recognizers export``: Lightning checkpoint → inference bundle (no optimizer state)."""
-    return save_bundle(out, read_bundle(ckpt))
+    """``recognizers export``: Lightning checkpoint → inference bundle (no optimizer state).
+
+    A registered model's recognizer class may define ``inference_bundle(bundle) -> Bundle`` to drop
+    training-only weights (PosFormer's position branch); it is applied before writing.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or one the model's hook rejects.
+    """
+    from .registry import REGISTRY
+
+    bundle = read_bundle(ckpt)
+    spec = REGISTRY.get(bundle.model)
+    hook = getattr(spec.recognizer_class(), "inference_bundle", None) if spec is not None else None
+    if hook is not None:
+        try:
+            bundle = hook(bundle)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{ckpt}: {exc}") from exc
+    return save_bundle(out, bundle)

@@ -74,7 +74,8 @@ def _add_evaluate_parser(subparsers) -> None:
         description="Recognise a labelled corpus in its standard layout and print "
                     '{"task", "model", "n", "metrics", "seconds", "rtf"} as JSON.')
     e.add_argument("--task", choices=("math", "text", "speech"), required=True)
-    e.add_argument("--data", required=True, help="corpus root (speech: a LibriSpeech split folder)")
+    e.add_argument("--data", required=True, help="corpus root (speech: a LibriSpeech split folder; "
+                   "math: a CROHME folder with caption.txt and img/, or a .zip of one)")
     e.add_argument("--limit", type=_positive, default=None, help="only the first N items")
     _add_model_options(e)
     e.set_defaults(handler=_run_evaluate)
@@ -105,12 +106,12 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     from recognizers.batch import UsageError, run_transcribe
     from recognizers.checkpoint import CheckpointError
 
-    if args.nbest is not None and args.beam_size is None and args.nbest > 4:
-        args.beam_size = args.nbest  # the default beam (4) widened to hold the n-best list asked for
-    beam = args.beam_size or 4
-    problems = [(args.num_groups is not None and beam % args.num_groups,
-                 f"--num-groups {args.num_groups} must divide the beam size {beam}"),
-                (args.nbest is not None and args.nbest > beam,
+    # Checked here only against an explicit --beam-size: each recognizer has its own default beam
+    # (speech 4, math 10) and widens it to hold an --nbest list larger than that default.
+    beam = args.beam_size
+    problems = [(beam is not None and args.num_groups is not None and beam % args.num_groups,
+                 f"--num-groups {args.num_groups} must divide --beam-size {beam}"),
+                (beam is not None and args.nbest is not None and args.nbest > beam,
                  f"--nbest {args.nbest} exceeds --beam-size {beam}")]
     for failed, message in problems:
         if failed:

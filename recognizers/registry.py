@@ -34,6 +34,8 @@ class ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
+        ModelSpec("posformer", "math", "recognizers.posformer.recognizer:PosFormerRecognizer",
+                  "posformer.safetensors"),
         ModelSpec("samba-asr", "speech", "recognizers.samba_asr.recognizer:SambaASRRecognizer",
                   "samba_asr.safetensors"),
     )

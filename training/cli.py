@@ -1,9 +1,10 @@
 """``recognizers fit | validate | test | predict``: LightningCLI over the project's modules (platform.md §5).
 
 Any LightningModule / LightningDataModule class may be named in the YAML (``class_path``); a short
-name such as ``SambaASRModule`` resolves because this module imports the project's classes. The
-DataModule's ``vocab_size`` (its tokenizer, trained from the training transcripts) is linked into the
-model at instantiation, so a recipe never states it twice.
+name such as ``SambaASRModule`` or ``PosFormerModule`` resolves because this module imports the
+project's classes. The DataModule's ``vocab_size`` (its tokenizer, trained from the training
+transcripts, or the fixed CROHME vocabulary) is linked into the model at instantiation, so a recipe
+never states it twice.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # jsonargpars
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from .speech_data import SpeechDataModule  # noqa: F401  (registers the short class name)
+from .math_data import MathDataModule  # noqa: F401  (registers the short class names)
+from .math_module import PosFormerModule  # noqa: F401
+from .speech_data import SpeechDataModule  # noqa: F401
 from .speech_module import SambaASRModule  # noqa: F401
 
 __all__ = ["RecognizersCLI", "main"]

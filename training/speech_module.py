@@ -135,8 +135,10 @@ class SambaASRModule(L.LightningModule):
         counts = self.trainer.strategy.reduce(self._counts.clone().to(self.device), reduce_op="sum").cpu()
         self._counts = torch.zeros_like(self._counts)
         wer = float(counts[0] / counts[1].clamp(min=1))
-        self.log(f"{prefix}_wer", wer, prog_bar=True, rank_zero_only=True)
-        self.log(f"{prefix}_cer", float(counts[2] / counts[3].clamp(min=1)), rank_zero_only=True)
+        # every rank holds the same reduced counts and logs them, so callbacks that monitor val_wer
+        # (checkpointing) find it on every rank under DDP
+        self.log(f"{prefix}_wer", wer, prog_bar=True)
+        self.log(f"{prefix}_cer", float(counts[2] / counts[3].clamp(min=1)))
 
     def on_validation_epoch_end(self) -> None:
         self._log_error_rates("val")

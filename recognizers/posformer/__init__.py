@@ -2,7 +2,8 @@
 
 ``config`` (frozen configuration and presets), ``tree`` (position-forest labels and teacher-forcing
 targets), ``model`` (the network: ``encoder``, ``arm``, ``decoder``) and ``loss`` (the weighted training
-loss). Decoding uses the model-agnostic ``recognizers.decoding`` over ``PosFormer.step``.
+loss). ``search`` is the bidirectional beam search with reverse rescoring (§6) over the model-agnostic
+``recognizers.decoding``, and ``recognizer`` the image → LaTeX bundle behind ``recognizers.load``.
 """
 
 from .config import IAC_SYMBOLS, IAC_SYMBOLS_OUTPUT_ALIGNED, PosFormerConfig, preset, resolve_ids

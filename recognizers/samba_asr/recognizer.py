@@ -114,7 +114,7 @@ class SambaASRRecognizer(Recognizer):
         Args:
             inputs: paths, or `(T,)` waveforms at 16 kHz (tensors or arrays).
             beam_size: 1 = greedy attention decoding; more = joint CTC/attention beam search.
-            nbest: hypotheses per input in ``Result.nbest``.
+            nbest: hypotheses per input in ``Result.nbest``; the beam widens to at least ``nbest``.
             ctc_weight: λ of the joint score (0 = attention only; ignored without a CTC head).
             length_penalty: exponent α of the length normalisation of final scores.
             num_groups, diversity_penalty: diverse beam search for the n-best list.
@@ -127,7 +127,7 @@ class SambaASRRecognizer(Recognizer):
         windows = [(i, a, b) for i, w in enumerate(waves) for a, b in split_windows(w, self.window_seconds)]
         cfg = self.model.cfg
         options = decoding.DecodingOptions(
-            beam_size=beam_size, nbest=min(max(1, nbest), beam_size), max_length=None, max_length_ratio=1.5,
+            beam_size=max(beam_size, nbest), nbest=max(1, nbest), max_length=None, max_length_ratio=1.5,
             ctc_weight=ctc_weight if self.model.ctc_head is not None else 0.0, length_penalty=length_penalty,
             num_groups=num_groups, diversity_penalty=diversity_penalty,
             suppress_tokens=(cfg.blank_id, cfg.sos_id))
