@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed-dev
 # The torch CUDA build that this platform keeps on local disk (platform.md §3); runs on the CPU too.
 TORCH_PIN := torch==2.14.1
 # Debian packages the project uses (grows with the recognizers): g++ builds the fused CPU scan kernel;
-# the TTS engines and text sources feed `recognizers synth speech` (platform.md §13).
+# the TTS engines and text sources feed `recognizers synth speech`, the handwriting fonts
+# `recognizers synth math` (platform.md §13).
 SYSTEM_PACKAGES := g++ espeak-ng espeak-ng-data flite festival festlex-cmu festvox-kallpc16k fortunes wamerican
+SYSTEM_PACKAGES += fonts-dkg-handwriting fonts-comic-neue fonts-rufscript fonts-sjfonts fonts-breip
 
 export PYTHONDONTWRITEBYTECODE := 1
 

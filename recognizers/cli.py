@@ -168,10 +168,24 @@ def _positive(text: str) -> int:
 
 
 def _add_synth_parser(subparsers) -> None:
-    """``synth speech``: synthetic corpora in the real layouts (``math`` and ``text`` arrive later)."""
+    """``synth math`` and ``synth speech``: synthetic corpora in the real layouts (``text`` arrives later)."""
     synth = subparsers.add_parser("synth", help="write a synthetic corpus in the real corpus layout",
                                   description="Write a synthetic corpus in the layout of the real one.")
     kinds = synth.add_subparsers(dest="kind", metavar="KIND", required=True)
+    math = kinds.add_parser(
+        "math", help="handwriting-font formula images, CROHME layout",
+        description="Random formulas over the CROHME vocabulary drawn with handwriting fonts (matplotlib "
+                    "mathtext, stroke/slant/wave/noise augmentation) in the CROHME layout: "
+                    "OUT/{train,test}/caption.txt + img/<name>.png, and synth.json. Test images use fonts "
+                    "and captions never used in train (see data/synth/math_corpus.py). Rerunning with the "
+                    "same settings resumes an interrupted run.")
+    math.add_argument("--out", required=True, type=Path, help="corpus root folder")
+    math.add_argument("--num", required=True, type=_positive, help="number of images in all")
+    math.add_argument("--seed", required=True, type=int, help="random seed; same seed, same corpus")
+    math.add_argument("--jobs", type=_positive, default=None,
+                      help="worker processes (default: all CPU cores); does not change the output")
+    math.add_argument("--test-fraction", type=_fraction, default=0.1, help="share of test images")
+    math.set_defaults(handler=_run_synth_math)
     speech = kinds.add_parser(
         "speech", help="multi-speaker TTS speech, LibriSpeech layout",
         description="Multi-speaker TTS speech (espeak-ng, flite, festival) in the LibriSpeech layout: "
@@ -186,6 +200,23 @@ def _add_synth_parser(subparsers) -> None:
     speech.add_argument("--dev-fraction", type=_fraction, default=0.05, help="share of dev utterances")
     speech.add_argument("--test-fraction", type=_fraction, default=0.05, help="share of test utterances")
     speech.set_defaults(handler=_run_synth_speech)
+
+
+def _run_synth_math(args: argparse.Namespace) -> int:
+    """Exit code 0 when every image was written, 1 when some failed, 2 on usage errors."""
+    from data.synth.math import MissingFontError, RendererError
+    from data.synth.math_corpus import MathConfig, MathConfigError, synthesize_math
+
+    config = MathConfig(args.num, args.seed, args.test_fraction)
+    try:
+        summary = synthesize_math(args.out, config, jobs=args.jobs)
+    except (RendererError, MissingFontError, MathConfigError) as exc:
+        print(f"recognizers synth math: error: {exc}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{split} {n}" for split, n in summary.counts.items())
+    print(f"{sum(summary.counts.values())} ok, {len(summary.failed)} failed ({counts}) in {args.out}",
+          file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def _run_synth_speech(args: argparse.Namespace) -> int:
