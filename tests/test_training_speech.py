@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.schedules import lr_factor
 from training.speech_data import BucketBatchSampler, collate_speech
-from training.speech_module import SambaASRModule, lr_factor
+from training.speech_module import SambaASRModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "training" / "configs" / "samba_asr_tiny.yaml")

@@ -38,7 +38,7 @@ from recognizers.posformer.tree import (
 )
 
 from .metrics import expression_rate
-from .speech_module import lr_factor
+from .schedules import lr_factor
 
 __all__ = ["PosFormerModule", "merge_overrides"]
 

@@ -10,8 +10,6 @@ model), next to the model config, so ``recognizers export`` needs nothing else.
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -23,20 +21,9 @@ from recognizers.samba_asr.config import SambaASRConfig, preset
 from recognizers.samba_asr.model import SambaASR
 
 from .metrics import error_counts, normalize_transcript
+from .schedules import lr_factor
 
-__all__ = ["SambaASRModule", "lr_factor"]
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at optimiser step ``step``: linear warm-up over ``warmup``
-    steps, then ``noam`` (∝ 1/√step) or ``cosine`` (to 5 % of the peak at ``total``) decay."""
-    step = step + 1
-    if step <= warmup:
-        return step / max(1, warmup)
-    if schedule == "noam":
-        return math.sqrt(max(1, warmup) / step)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+__all__ = ["SambaASRModule"]
 
 
 class SambaASRModule(L.LightningModule):
