@@ -193,8 +193,9 @@ class SambaASRRecognizer(Recognizer):
                 for text, start, end in words if text]
 
     def _result(self, parts: list[tuple[list, list[Word]]]) -> Result:
-        """Join the windows of one input: texts and scores add up, n-best lists come from the best
-        hypotheses of the other windows with one window's alternative at a time (single window: as is)."""
+        """Join the windows of one input: texts and scores add up. An input of one window keeps its
+        n-best list; a windowed input gets only the joined best hypothesis (combining per-window
+        alternatives into whole-input alternatives is not implemented)."""
         texts = [self.tokenizer.decode(list(h[0].tokens)).strip() if h else "" for h, _ in parts]
         score = sum(h[0].score for h, _ in parts if h)
         words = tuple(w for _, ws in parts for w in ws)
