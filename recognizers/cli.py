@@ -167,6 +167,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_corpus_options(p: argparse.ArgumentParser, items: str) -> None:
+    """The options every ``synth`` kind shares: output folder, size, seed and worker count."""
+    p.add_argument("--out", required=True, type=Path, help="corpus root folder")
+    p.add_argument("--num", required=True, type=_positive, help=f"number of {items} in all")
+    p.add_argument("--seed", required=True, type=int, help="random seed; same seed, same corpus")
+    p.add_argument("--jobs", type=_positive, default=None,
+                   help="worker processes (default: all CPU cores); does not change the output")
+
+
 def _add_synth_parser(subparsers) -> None:
     """``synth math`` and ``synth speech``: synthetic corpora in the real layouts (``text`` arrives later)."""
     synth = subparsers.add_parser("synth", help="write a synthetic corpus in the real corpus layout",
@@ -179,11 +188,7 @@ def _add_synth_parser(subparsers) -> None:
                     "OUT/{train,test}/caption.txt + img/<name>.png, and synth.json. Test images use fonts "
                     "and captions never used in train (see data/synth/math_corpus.py). Rerunning with the "
                     "same settings resumes an interrupted run.")
-    math.add_argument("--out", required=True, type=Path, help="corpus root folder")
-    math.add_argument("--num", required=True, type=_positive, help="number of images in all")
-    math.add_argument("--seed", required=True, type=int, help="random seed; same seed, same corpus")
-    math.add_argument("--jobs", type=_positive, default=None,
-                      help="worker processes (default: all CPU cores); does not change the output")
+    _add_corpus_options(math, "images")
     math.add_argument("--test-fraction", type=_fraction, default=0.1, help="share of test images")
     math.set_defaults(handler=_run_synth_math)
     speech = kinds.add_parser(
@@ -192,11 +197,7 @@ def _add_synth_parser(subparsers) -> None:
                     "OUT/{train,dev,test}/<speaker>/<chapter>/, SPEAKERS.TXT and synth.json. Test and dev "
                     "speakers use voices never used in train (see data/synth/speech.py). Rerunning with "
                     "the same settings resumes an interrupted run.")
-    speech.add_argument("--out", required=True, type=Path, help="corpus root folder")
-    speech.add_argument("--num", required=True, type=_positive, help="number of utterances in all")
-    speech.add_argument("--seed", required=True, type=int, help="random seed; same seed, same corpus")
-    speech.add_argument("--jobs", type=_positive, default=None,
-                        help="worker processes (default: all CPU cores); does not change the output")
+    _add_corpus_options(speech, "utterances")
     speech.add_argument("--dev-fraction", type=_fraction, default=0.05, help="share of dev utterances")
     speech.add_argument("--test-fraction", type=_fraction, default=0.05, help="share of test utterances")
     speech.set_defaults(handler=_run_synth_speech)
