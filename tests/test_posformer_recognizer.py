@@ -292,3 +292,41 @@ def test_evaluate_math_without_weights_or_corpus_is_a_usage_error(crohme_folder,
     assert "caption.txt" in capsys.readouterr().err
     assert main(["evaluate", "--task", "text", "--data", str(tmp_path)]) == 2
     assert "not available" in capsys.readouterr().err
+
+
+def test_attention_view_explains_each_token(recognizer, formulas, expected):
+    view = recognizer.attention_view(formulas["a"], beam_size=3)
+    image = recognizer.load_input(formulas["a"]).pixels
+    assert view.latex == recognizer.recognize([formulas["a"]], beam_size=3)[0].text
+    assert view.tokens == tuple(view.latex.split())
+    assert view.image.shape == tuple(image.shape[1:]) and view.image.dtype == np.uint8
+    assert view.maps.shape == (len(view.tokens), *view.image.shape)
+    assert view.maps.dtype == np.float32
+    assert np.allclose(view.maps.max(axis=(1, 2)), 1.0) and view.maps.min() >= 0.0
+    # white strokes on black for the model, dark ink on white for people
+    assert np.array_equal(view.image, np.round((1 - image[0].numpy()) * 255).astype(np.uint8))
+
+
+def test_attention_view_of_given_latex_and_its_errors(recognizer, formulas):
+    view = recognizer.attention_view(formulas["b"], "y = 2 x")
+    assert view.tokens == ("y", "=", "2", "x") and view.maps.shape[0] == 4
+    with pytest.raises(InputError, match="outside the vocabulary: ü"):
+        recognizer.attention_view(formulas["b"], "y = ü")
+    with pytest.raises(InputError):
+        recognizer.attention_view(formulas["b"], " ".join(["x"] * 80))
+
+
+def test_model_attention_rows_are_distributions_over_valid_cells(recognizer, formulas):
+    from recognizers.posformer.search import encode_images
+
+    model = recognizer.model
+    images = [recognizer.load_input(p).pixels for p in (formulas["a"], formulas["c"])]
+    memory, mask = encode_images(model, images)
+    vocab = crohme_vocab()
+    tgt = torch.tensor([[vocab.sos_id, *vocab.encode(["x", "+", "1"])]] * 2)
+    with torch.no_grad():
+        weights, logits = model.attention(memory, mask, tgt)
+        assert torch.allclose(logits, model.score(memory, mask, tgt))  # the same pass as scoring
+    assert weights.shape == (2, 4, *memory.shape[1:3])
+    assert torch.allclose(weights.sum(dim=(2, 3)), torch.ones(2, 4), atol=1e-5)
+    assert (weights.masked_select(mask[:, None].expand_as(weights)) == 0).all()  # padding gets nothing

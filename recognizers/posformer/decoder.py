@@ -133,13 +133,16 @@ class DecoderStack(nn.Module):
             keep = torch.cat([keep[:, 1:], torch.ones_like(keep[:, :1])], dim=1)
         return keep
 
-    def forward(self, x: Tensor, tgt: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, tgt: Tensor, memory: Tensor, memory_mask: Tensor,
+                attention: list[Tensor] | None = None) -> Tensor:
         """Teacher-forced pass.
 
         Args:
             x: `(N, L, d)` embedded inputs.
             tgt: `(N, L)` input token ids (padding and IAC masks).
             memory: `(N, h, w, d)` encoder features; memory_mask `(N, h, w)` True on padding.
+            attention: if a list, each layer's cross-attention weights `(N, H, L, S)` (after the ARM
+                correction, S = h·w) are appended to it, for attention views.
 
         Returns:
             `(N, L, d)` hidden states (no final norm, as in the reference).
@@ -160,6 +163,8 @@ class DecoderStack(nn.Module):
                 a = self._coverage_input(p_prev, layer.cross_attn.probabilities(logits))  # (N, C, L, S)
                 bias = -self.arm(exclusive_cumsum(a * keep), memory_mask)
             x, p_prev = layer.cross_block(x, logits, memory_kv, bias)
+            if attention is not None:
+                attention.append(p_prev)
             x = layer.ff_block(x)
         return x
 
@@ -234,10 +239,12 @@ class WordDecoder(nn.Module):
         self.stack = DecoderStack(cfg, iac_ids, pad_id)
         self.proj = nn.Linear(cfg.d_model, vocab_size)
 
-    def forward(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
-        """Args: tgt `(N, L)`, memory `(N, h, w, d)`, memory_mask `(N, h, w)`. Returns logits `(N, L, V)`."""
+    def forward(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor,
+                attention: list[Tensor] | None = None) -> Tensor:
+        """Args: tgt `(N, L)`, memory `(N, h, w, d)`, memory_mask `(N, h, w)`; ``attention`` collects the
+        per-layer cross-attention weights (:meth:`DecoderStack.forward`). Returns logits `(N, L, V)`."""
         x = self.input_norm(self.embed(tgt))  # (N, L, d)
-        return self.proj(self.stack(x, tgt, memory, memory_mask))
+        return self.proj(self.stack(x, tgt, memory, memory_mask, attention))
 
     def init_state(self, memory: Tensor, memory_mask: Tensor, direction: str) -> DecoderState:
         """State before the first step (whose input is the direction's start token)."""

@@ -96,6 +96,26 @@ class PosFormer(nn.Module):
         """
         return self.decoder(tgt, *self._expand(memory, memory_mask, tgt.shape[0]))
 
+    def attention(self, memory: Tensor, memory_mask: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:
+        """Where each decoder input looked: the last layer's cross-attention, averaged over heads.
+
+        The last layer's weights are the ones the ARM has corrected for coverage, so they are the
+        sharpest picture of which image region produced each symbol (the "attention view").
+
+        Args:
+            memory: `(B, h, w, d)`; memory_mask `(B, h, w)`.
+            tgt: `(N, L)` decoder inputs, N a multiple of B (row r reads image r mod B).
+
+        Returns:
+            attention `(N, L, h, w)` (each `(h, w)` map sums to 1 over the valid cells) and the logits
+            `(N, L, V)` of the same pass.
+        """
+        memory, memory_mask = self._expand(memory, memory_mask, tgt.shape[0])
+        weights: list[Tensor] = []
+        logits = self.decoder(tgt, memory, memory_mask, attention=weights)
+        h, w = memory.shape[1:3]
+        return weights[-1].mean(dim=1).unflatten(-1, (h, w)), logits
+
     def forward(self, images: Tensor, masks: Tensor, tgt: Tensor, pos_vectors: Tensor | None = None
                 ) -> PosFormerOutput:
         """Bidirectional teacher forcing (§5).

@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from data.images import ImageError, PreprocessConfig, preprocess_image
@@ -35,7 +37,7 @@ from .config import PosFormerConfig
 from .model import PosFormer
 from .search import RescoredHypothesis, bidirectional_search, encode_images, search_options
 
-__all__ = ["MathImage", "PosFormerRecognizer", "vocab_metadata"]
+__all__ = ["AttentionView", "MathImage", "PosFormerRecognizer", "vocab_metadata"]
 
 _POSITION_PREFIX = "position_decoder."  # the training-only position branch's weights (§3.4)
 
@@ -55,6 +57,24 @@ class MathImage:
     """
 
     pixels: Tensor
+
+
+@dataclass(frozen=True)
+class AttentionView:
+    """Which part of the image each output symbol looked at (:meth:`PosFormerRecognizer.attention_view`).
+
+    Attributes:
+        latex: the LaTeX the maps explain (space-separated tokens).
+        tokens: its tokens, in order.
+        image: `(H, W)` uint8, the preprocessed image the model saw, as dark ink on white.
+        maps: `(len(tokens), H, W)` float32 in [0, 1]: token k's attention (last decoder layer, mean over
+            heads), upsampled to the image and scaled so its peak is 1.
+    """
+
+    latex: str
+    tokens: tuple[str, ...]
+    image: np.ndarray
+    maps: np.ndarray
 
 
 def _check_vocab(raw: str | None) -> Vocabulary:
@@ -200,6 +220,37 @@ class PosFormerRecognizer(Recognizer):
             for i, hyps in zip(chunk, bidirectional_search(self.model, memory, mask, options), strict=True):
                 results[i] = self._result(hyps)
         return results  # type: ignore[return-value]  (every slot is filled)
+
+    @torch.no_grad()
+    def attention_view(self, source: Any, latex: str | None = None, *, beam_size: int = 10) -> AttentionView:
+        """The attention view of one image: teacher-forces ``latex`` (default: the recognised LaTeX) through
+        the left-to-right decoder and returns each token's cross-attention map.
+
+        Args:
+            source: what :meth:`load_input` accepts.
+            latex: space-separated CROHME tokens (``Result.text``); None recognises the image first.
+            beam_size: the search's beam when ``latex`` is None.
+
+        Raises:
+            InputError: unusable image, or ``latex`` with tokens outside the vocabulary or too long.
+        """
+        image = self.load_input(source).pixels
+        if latex is None:
+            latex = self.recognize([MathImage(image)], beam_size=beam_size)[0].text
+        tokens = tuple(latex.split())
+        unknown = self.vocab.unknown(tokens)
+        if unknown:
+            raise InputError(f"LaTeX tokens outside the vocabulary: {' '.join(unknown)}")
+        if len(tokens) + 1 > self.model.cfg.decoder.max_len:
+            raise InputError(f"LaTeX of {len(tokens)} tokens is longer than the model's positions")
+        memory, mask = encode_images(self.model, [image.to(self.device)])
+        tgt = torch.tensor([[self.model.cfg.sos_id, *self.vocab.encode(tokens)]], device=self.device)
+        weights, _ = self.model.attention(memory, mask, tgt)  # (1, L+1, h, w); row k predicts token k
+        maps = weights[0, : len(tokens)]
+        maps = F.interpolate(maps[:, None], size=tuple(image.shape[1:]), mode="bilinear", align_corners=False)
+        maps = maps[:, 0] / maps.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+        picture = ((1.0 - image[0].clamp(0, 1)) * 255).round().to(torch.uint8)
+        return AttentionView(latex, tokens, picture.cpu().numpy(), maps.clamp(0, 1).float().cpu().numpy())
 
     def _latex(self, tokens: Sequence[int]) -> str:
         return detokenize(self.vocab.decode(tokens))
