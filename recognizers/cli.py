@@ -122,6 +122,10 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     except (UsageError, CheckpointError, ValueError) as exc:
         print(f"recognizers transcribe: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C is a normal way to stop a long run: no traceback, the shell's 130
+        resume = " (finished outputs are kept: the same command resumes)" if args.output_dir else ""
+        print(f"recognizers transcribe: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

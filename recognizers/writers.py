@@ -87,8 +87,12 @@ def write_atomic(path: Path, text: str) -> None:
     resumed run would mistake for a finished one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) or a full disk: no stray .part in the output folder
+        tmp.unlink(missing_ok=True)
+        raise
