@@ -22,8 +22,8 @@ from typing import Any
 from .base import InputError, Recognizer
 from .writers import render, write_atomic
 
-__all__ = ["AUDIO_SUFFIXES", "IMAGE_SUFFIXES", "UsageError", "expand_inputs", "run_evaluate",
-           "run_transcribe"]
+__all__ = ["AUDIO_SUFFIXES", "IMAGE_SUFFIXES", "UsageError", "expand_inputs", "recognize_batch",
+           "run_evaluate", "run_transcribe", "task_of"]
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
         yield items[i : i + size]
 
 
-def _recognize_batch(rec: Recognizer, paths: list[Path], options: dict) -> list[dict]:
+def recognize_batch(rec: Recognizer, paths: list[Path], options: dict) -> list[dict]:
     """Records for one batch: inputs are loaded one by one (a bad one is isolated), recognised together;
     if the batch fails as a whole, each input is retried alone so only the culprit fails."""
     records, loaded = {}, {}
@@ -161,7 +161,7 @@ def _chunk_records(chunk: list[Path], args: Any, targets: dict, recognizer_for: 
             records[p] = {"path": str(p), "task": None, "text": None, "score": None, "nbest": [],
                           "error": str(exc)}
     for task, todo in groups.items():
-        records.update(zip(todo, _recognize_batch(recognizer_for(task), todo, options), strict=True))
+        records.update(zip(todo, recognize_batch(recognizer_for(task), todo, options), strict=True))
     return [records[p] for p in chunk]
 
 
