@@ -299,17 +299,20 @@ def test_attention_view_explains_each_token(recognizer, formulas, expected):
     image = recognizer.load_input(formulas["a"]).pixels
     assert view.latex == recognizer.recognize([formulas["a"]], beam_size=3)[0].text
     assert view.tokens == tuple(view.latex.split())
-    assert view.image.shape == tuple(image.shape[1:]) and view.image.dtype == np.uint8
+    assert view.image.shape == tuple(image.shape[1:])
+    assert view.image.dtype == np.uint8
     assert view.maps.shape == (len(view.tokens), *view.image.shape)
     assert view.maps.dtype == np.float32
-    assert np.allclose(view.maps.max(axis=(1, 2)), 1.0) and view.maps.min() >= 0.0
+    assert np.allclose(view.maps.max(axis=(1, 2)), 1.0)
+    assert view.maps.min() >= 0.0
     # white strokes on black for the model, dark ink on white for people
     assert np.array_equal(view.image, np.round((1 - image[0].numpy()) * 255).astype(np.uint8))
 
 
 def test_attention_view_of_given_latex_and_its_errors(recognizer, formulas):
     view = recognizer.attention_view(formulas["b"], "y = 2 x")
-    assert view.tokens == ("y", "=", "2", "x") and view.maps.shape[0] == 4
+    assert view.tokens == ("y", "=", "2", "x")
+    assert view.maps.shape[0] == 4
     with pytest.raises(InputError, match="outside the vocabulary: ü"):
         recognizer.attention_view(formulas["b"], "y = ü")
     with pytest.raises(InputError):
