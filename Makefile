@@ -10,10 +10,21 @@ TORCH_PIN := torch==2.14.1
 # `recognizers synth math` (platform.md §13).
 SYSTEM_PACKAGES := g++ espeak-ng espeak-ng-data flite festival festlex-cmu festvox-kallpc16k fortunes wamerican
 SYSTEM_PACKAGES += fonts-dkg-handwriting fonts-comic-neue fonts-rufscript fonts-sjfonts fonts-breip
+# More hands for `recognizers synth text` (IAM-layout writers; data/synth/hands.py, writer-htr.md §10).
+SYSTEM_PACKAGES += fonts-dancingscript fonts-ecolier-court fonts-femkeklaver fonts-nanum-extra fonts-dustin
+SYSTEM_PACKAGES += fonts-tlwg-purisa-ttf fonts-kristi fonts-yusei-magic fonts-kaushanscript
+# The browser tests of the web app drive Debian's chromium through Playwright (platform.md §9).
+SYSTEM_PACKAGES += chromium
+HOST ?= 127.0.0.1
+PORT ?= 7860
 
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: test test-fast bench lint system-deps install
+.PHONY: app test test-fast bench lint system-deps install
+
+# The web app with the bundled models on http://$(HOST):$(PORT) (offline; Ctrl-C stops it).
+app: $(STAMP)
+	$(PY) app.py --host $(HOST) --port $(PORT)
 
 test: system-deps $(STAMP)
 	$(PY) -m pytest
