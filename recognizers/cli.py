@@ -171,17 +171,23 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_corpus_options(p: argparse.ArgumentParser, items: str) -> None:
-    """The options every ``synth`` kind shares: output folder, size, seed and worker count."""
+def _add_corpus_options(p: argparse.ArgumentParser, items: str, count: str = "--num",
+                        count_help: str | None = None) -> None:
+    """The options every ``synth`` kind shares: output folder, size, seed and worker count.
+
+    ``count`` names the size option (``--num``, or ``--writers`` for text); it is required unless
+    ``count_help`` documents its default.
+    """
     p.add_argument("--out", required=True, type=Path, help="corpus root folder")
-    p.add_argument("--num", required=True, type=_positive, help=f"number of {items} in all")
+    p.add_argument(count, required=count_help is None, type=_positive, default=None,
+                   help=count_help or f"number of {items} in all")
     p.add_argument("--seed", required=True, type=int, help="random seed; same seed, same corpus")
-    p.add_argument("--jobs", type=_positive, default=None,
+    p.add_argument("--jobs", "--workers", dest="jobs", type=_positive, default=None,
                    help="worker processes (default: all CPU cores); does not change the output")
 
 
 def _add_synth_parser(subparsers) -> None:
-    """``synth math`` and ``synth speech``: synthetic corpora in the real layouts (``text`` arrives later)."""
+    """``synth math``, ``synth text`` and ``synth speech``: synthetic corpora in the real layouts."""
     synth = subparsers.add_parser("synth", help="write a synthetic corpus in the real corpus layout",
                                   description="Write a synthetic corpus in the layout of the real one.")
     kinds = synth.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -195,6 +201,7 @@ def _add_synth_parser(subparsers) -> None:
     _add_corpus_options(math, "images")
     math.add_argument("--test-fraction", type=_fraction, default=0.1, help="share of test images")
     math.set_defaults(handler=_run_synth_math)
+    _add_synth_text_parser(kinds)
     speech = kinds.add_parser(
         "speech", help="multi-speaker TTS speech, LibriSpeech layout",
         description="Multi-speaker TTS speech (espeak-ng, flite, festival) in the LibriSpeech layout: "
@@ -205,6 +212,44 @@ def _add_synth_parser(subparsers) -> None:
     speech.add_argument("--dev-fraction", type=_fraction, default=0.05, help="share of dev utterances")
     speech.add_argument("--test-fraction", type=_fraction, default=0.05, help="share of test utterances")
     speech.set_defaults(handler=_run_synth_speech)
+
+
+def _add_synth_text_parser(kinds) -> None:
+    text = kinds.add_parser(
+        "text", help="handwriting-font writers, IAM layout",
+        description="Synthetic writers (a handwriting font face plus a persistent style: slant, stroke "
+                    "width, spacing, baseline wobble, ink, elastic distortion) write fortunes sentences and "
+                    "wamerican words in the IAM layout: ascii/{forms,lines,sentences,words}.txt, xml/, "
+                    "words/, lines/, sentences/, Aachen-style splits/aachen/*.uttlist, writers.json and "
+                    "synth.json. Writers and font faces are disjoint between train, val and test (see "
+                    "data/synth/text.py). Rerunning with the same settings resumes an interrupted run.")
+    _add_corpus_options(text, "writers", "--writers", "number of writers in all (default: the preset's: "
+                        "tiny 13, dev 100); 15%% each (at least 2) are val and test")
+    text.add_argument("--preset", choices=("tiny", "dev"), default="dev",
+                      help="tiny: 1 form of about 48 words per writer (unit tests, seconds); dev: 3 forms "
+                           "of about 60 words per writer")
+    text.add_argument("--form-images", action="store_true", help="also write the pages (formsA-D/ etc.)")
+    text.set_defaults(handler=_run_synth_text)
+
+
+def _run_synth_text(args: argparse.Namespace) -> int:
+    """Exit code 0 when every form was written, 1 when some failed, 2 on usage errors."""
+    from data.synth.math import MissingFontError, RendererError
+    from data.synth.sentences import SourceError
+    from data.synth.text import PRESETS, TextConfig, TextConfigError, synthesize_text
+
+    writers = args.writers or PRESETS[args.preset].writers
+    config = TextConfig(writers, args.seed, args.preset, args.form_images)
+    try:
+        summary = synthesize_text(args.out, config, jobs=args.jobs)
+    except (RendererError, MissingFontError, SourceError, TextConfigError) as exc:
+        print(f"recognizers synth text: error: {exc}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{split} {c['forms']} forms / {c['words']} words"
+                       for split, c in summary.counts.items())
+    print(f"{sum(c['forms'] for c in summary.counts.values())} forms ok, {len(summary.failed)} failed "
+          f"({counts}; {len(summary.writers)} writers) in {args.out}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def _run_synth_math(args: argparse.Namespace) -> int:

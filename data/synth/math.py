@@ -50,6 +50,7 @@ __all__ = [
     "RendererError",
     "Writer",
     "check_renderer",
+    "font_paths",
     "render_caption",
     "split_writers",
     "usable_writers",
@@ -124,6 +125,16 @@ def _font_paths() -> dict[str, str]:
     for path in sorted(font_manager.findSystemFonts()):
         paths.setdefault(path.rsplit("/", 1)[-1], path)
     return paths
+
+
+def font_paths() -> dict[str, str]:
+    """System font files by file name, as matplotlib finds them (shared with ``synth text``).
+
+    Raises:
+        RendererError: matplotlib is not importable.
+    """
+    _matplotlib()
+    return dict(_font_paths())
 
 
 def check_renderer() -> None:

@@ -20,9 +20,7 @@ import json
 import logging
 import os
 import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import TextIO
 
@@ -30,6 +28,7 @@ import numpy as np
 
 from .expressions import MAX_TOKENS, TEST_SHARE, sample_for_split
 from .math import check_renderer, render_caption, split_writers, usable_writers
+from .runner import JOURNAL, read_journal, run_chunks, write_text
 
 __all__ = ["SPLITS", "VERSION", "MathConfig", "MathConfigError", "MathSummary", "held_out_rule",
            "synthesize_math"]
@@ -38,7 +37,6 @@ VERSION = 1  # bump when the output for a given seed changes
 SPLITS = ("train", "test")
 SPLIT_CODES = {"train": 0, "test": 2}  # 2 as in the speech corpus; dev (1) is not made
 CHUNK = 8  # images per worker task
-JOURNAL = ".synth-journal.jsonl"
 
 logger = logging.getLogger(__name__)
 
@@ -128,23 +126,8 @@ def _read_journal(out: Path, config: MathConfig) -> dict[str, tuple[str, str]]:
     Raises:
         MathConfigError: ``out`` holds a corpus made with other settings.
     """
-    path = out / JOURNAL
-    if not path.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"config": asdict(config)}) + "\n")
-        return {}
-    lines = path.read_text().splitlines()
-    if not lines or json.loads(lines[0]).get("config") != asdict(config):
-        raise MathConfigError(f"{out} holds a corpus made with other settings ({path}); "
-                              "use another --out folder or delete that one")
-    done = {}
-    for line in lines[1:]:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # the last line of a killed run may be cut short
-            continue
-        done[entry["name"]] = (entry["caption"], entry["writer"])
-    return done
+    entries = read_journal(out, asdict(config), MathConfigError)
+    return {entry["name"]: (entry["caption"], entry["writer"]) for entry in entries}
 
 
 def _execute(pending: list[MathJob], jobs: int, journal: TextIO, progress) -> list[tuple]:
@@ -160,21 +143,7 @@ def _execute(pending: list[MathJob], jobs: int, journal: TextIO, progress) -> li
         results.extend(chunk_results)
         progress.update(len(chunk_results))
 
-    if jobs <= 1 or len(chunks) <= 1:
-        for chunk in chunks:
-            record(_run_chunk(chunk))
-        return results
-    # spawn, not fork: the caller may hold torch's or matplotlib's threads, which a fork breaks
-    with ProcessPoolExecutor(min(jobs, len(chunks)), mp_context=get_context("spawn")) as ex:
-        running = {ex.submit(_run_chunk, c) for c in chunks}
-        try:
-            while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(future.result())
-        except BaseException:  # Ctrl-C: stop now; the journal keeps what is done for a rerun
-            ex.shutdown(wait=False, cancel_futures=True)
-            raise
+    run_chunks(_run_chunk, chunks, jobs, record)
     return results
 
 
@@ -201,19 +170,12 @@ def _write_index(out: Path, config: MathConfig, plan: list[MathJob], done: dict[
             writers[job.split][writer] = writers[job.split].get(writer, 0) + 1
     for split in SPLITS:
         if lines[split]:
-            _write_text(out / split / "caption.txt", "".join(lines[split]))
+            write_text(out / split / "caption.txt", "".join(lines[split]))
     info = {**asdict(config), "counts": counts, "failed": failed, "max_tokens": MAX_TOKENS,
             "fonts": {s: [w.name for w in split_writers(s)] for s in SPLITS},
             "images_per_font": writers, "held_out": held_out_rule()}
-    _write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
+    write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
     return counts
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary name, so that readers never see half a file."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def synthesize_math(out: str | Path, config: MathConfig, *, jobs: int | None = None,

@@ -50,14 +50,13 @@ import math
 import os
 import sys
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
+from .runner import JOURNAL, read_journal, run_chunks, write_text
 from .sentences import SPLITS, corpus_sentences
 from .voices import (
     ACCENTS,
@@ -81,7 +80,6 @@ MAX_ATTEMPTS = 5  # sentences tried per utterance before it counts as failed
 CHUNK = 8  # utterances per worker task: few enough for an even spread, enough to hide the IPC
 SPLIT_CODES = {"train": 0, "dev": 1, "test": 2}
 FIRST_SPEAKER_ID = 100
-JOURNAL = ".synth-journal.jsonl"
 
 logger = logging.getLogger(__name__)
 
@@ -234,23 +232,8 @@ def _read_journal(out: Path, config: CorpusConfig) -> dict[str, tuple[str, float
     Raises:
         CorpusConfigError: ``out`` holds a corpus made with other settings.
     """
-    path = out / JOURNAL
-    if not path.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"config": asdict(config)}) + "\n")
-        return {}
-    done = {}
-    lines = path.read_text().splitlines()
-    if not lines or json.loads(lines[0]).get("config") != asdict(config):
-        raise CorpusConfigError(f"{out} holds a corpus made with other settings ({path}); "
-                                "use another --out folder or delete that one")
-    for line in lines[1:]:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # the last line of a killed run may be cut short
-            continue
-        done[entry["id"]] = (entry["transcript"], entry["seconds"])
-    return done
+    entries = read_journal(out, asdict(config), CorpusConfigError)
+    return {entry["id"]: (entry["transcript"], entry["seconds"]) for entry in entries}
 
 
 def _execute(pending: list[UtteranceJob], jobs: int, journal: TextIO, progress) -> list[tuple]:
@@ -267,28 +250,14 @@ def _execute(pending: list[UtteranceJob], jobs: int, journal: TextIO, progress) 
         results.extend(chunk_results)
         progress.update(len(chunk_results))
 
-    if jobs <= 1 or len(chunks) <= 1:
-        import torch
+    import torch
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in the workers, so that the output cannot depend on --jobs
-        try:
-            for chunk in chunks:
-                record(_run_chunk(chunk))
-        finally:
-            torch.set_num_threads(threads)
-        return results
-    # spawn, not fork: the parent may hold torch's thread pools, which do not survive a fork
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init) as ex:
-        running = {ex.submit(_run_chunk, c) for c in chunks}
-        try:
-            while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(future.result())
-        except BaseException:  # Ctrl-C: stop now; the journal keeps what is done for a rerun
-            ex.shutdown(wait=False, cancel_futures=True)
-            raise
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers, so that the output cannot depend on --jobs
+    try:
+        run_chunks(_run_chunk, chunks, jobs, record, initializer=_worker_init)
+    finally:
+        torch.set_num_threads(threads)
     return results
 
 
@@ -307,24 +276,17 @@ def _write_index(out: Path, config: CorpusConfig, speakers: list[Speaker],
         minutes[int(speaker)] += seconds / 60
         counts[split_of[speaker]] += 1
     for path, lines in chapters.items():
-        _write_text(path, "".join(lines))
+        write_text(path, "".join(lines))
     rows = ["; ID | SPLIT | ENGINE | VOICE | VARIANT | SPEED | PITCH | MINUTES\n"]
     rows += [f"{s.id} | {s.split} | {s.engine} | {s.voice} | {s.variant} | {s.speed:.2f} | {s.pitch:.2f} | "
              f"{minutes[s.id]:.2f}\n" for s in speakers if s.id in minutes]
-    _write_text(out / "SPEAKERS.TXT", "".join(rows))
+    write_text(out / "SPEAKERS.TXT", "".join(rows))
     info = {**asdict(config), "counts": counts, "failed": failed,
             "hours": round(sum(minutes.values()) / 60, 4),
             "speakers": {s: sum(1 for p in speakers if p.split == s and p.id in minutes) for s in SPLITS},
             "held_out": held_out_rule()}
-    _write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
+    write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
     return counts
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary name, so that readers never see half a file."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def held_out_rule() -> str:

@@ -1,0 +1,188 @@
+"""One handwritten word: a font face drawn in a writer's style, plus per-word jitter.
+
+Steps (writer-htr.md §10, §15.3), all in numpy and Pillow (no albumentations, hence no OpenCV in the
+generator; each operation is a few lines):
+
+1. letters one by one at their natural advance (kerning kept) plus the writer's letter spacing, on a
+   baseline that waves along the word (the writer's wobble amplitude);
+2. stroke width towards the writer's pen width (whatever the face's own): Pillow's text stroke
+   dilates the glyphs by whole pixels; a thinner pen is one 3x3 erosion, skipped where it would
+   remove more than half of the ink;
+3. slant (a shear about the baseline) and elastic distortion (a random displacement of the nodes
+   of a grid, with the writer's amplitude and cell size, bilinear in between) in one mesh transform;
+5. crop to the ink, keeping the baseline row, and the connected components of the ink (8-connected),
+   IAM's ``<cmp>`` boxes.
+
+A struck-out word (IAM's ``#``) gets one or two pen strokes across it before the slant. Every
+random choice comes from the generator passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .hands import JITTER, WriterStyle, face_stroke, font_size, load_font
+
+__all__ = ["INK_LEVEL", "WordInk", "components", "render_word"]
+
+INK_LEVEL = 0.5  # coverage above which a pixel is ink (boxes, components, crops)
+
+
+@dataclass(frozen=True)
+class WordInk:
+    """A rendered word, cropped to its ink."""
+
+    ink: np.ndarray  # (H, W) float32 coverage in [0, 1]; 1 = full ink
+    baseline: int  # row of the baseline in ``ink`` (may lie outside it, e.g. for an apostrophe)
+    components: tuple[tuple[int, int, int, int], ...]  # (x, y, w, h) per component, in ``ink``
+
+
+def _draw(text: str, path: str, style: WriterStyle, rng: np.random.Generator,
+          struck: bool) -> tuple[Image.Image, int]:
+    """Letters on a padded canvas (ink = 255) and the baseline row."""
+    xh = style.x_height * float(np.exp(rng.normal(0.0, JITTER["size"])))
+    font = load_font(path, font_size(path, round(xh)))
+    ascent, descent = font.getmetrics()
+    spacing = style.letter_spacing * xh
+    stroke = max(_dilation(path, style.pen, xh), 0)
+    offsets = [font.getlength(text[:i]) + i * spacing for i in range(len(text))]
+    advance = font.getlength(text) + (len(text) - 1) * spacing
+    pad_y = int(0.6 * xh) + stroke
+    height = ascent + descent + 2 * pad_y
+    pad_x = int(0.6 * xh + 0.6 * height) + stroke  # room for overhangs, the shear and the warp
+    canvas = Image.new("L", (int(advance) + 2 * pad_x, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    baseline = pad_y + ascent
+    period, phase = rng.uniform(3.0, 8.0) * xh, rng.uniform(0.0, 2 * np.pi)
+    for ch, x in zip(text, offsets, strict=True):
+        dy = style.wobble * xh * np.sin(2 * np.pi * x / period + phase)
+        draw.text((pad_x + x, baseline + dy), ch, font=font, fill=255, anchor="ls",
+                  stroke_width=stroke, stroke_fill=255)
+    if struck:
+        width = max(2, round(0.12 * xh))
+        for _ in range(int(rng.integers(1, 3))):
+            y0, y1 = (baseline - xh * rng.uniform(0.3, 0.7, size=2))
+            draw.line((pad_x - 0.2 * xh, y0, pad_x + advance + 0.2 * xh, y1), fill=255, width=width)
+    return canvas, baseline
+
+
+def _dilation(path: str, pen: float, x_height: float) -> int:
+    """Pixels to dilate the face's strokes by to approach the writer's pen width; -1: thin them."""
+    native = face_stroke(path) * x_height / 40.0
+    return int(np.clip(round((pen - native) / 2), -1, 3))
+
+
+def _thin(canvas: Image.Image) -> Image.Image:
+    """One 3x3 erosion, unless it removes more than half of the ink."""
+    thin = canvas.filter(ImageFilter.MinFilter(3))
+    before, after = (np.count_nonzero(np.asarray(im) > 127) for im in (canvas, thin))
+    return thin if after >= 0.5 * before else canvas
+
+
+def _warp(canvas: Image.Image, baseline: int, slant: float, amplitude: float, cell: float,
+          rng: np.random.Generator, thin: bool) -> tuple[Image.Image, int]:
+    """Shear about the baseline and elastic distortion in one bilinear mesh transform.
+
+    The ink is first cropped with a margin for the shear and the displacement (and thinned when
+    ``thin``: cheaper on the crop than on the padded canvas). The displacement is
+    bilinear between the nodes of a grid of ``cell`` pixels, each displaced by ``amplitude`` times a
+    standard normal; output (x, y) samples input (x + slant * (y - baseline) + dx, y + dy), so rows
+    above the baseline move right for ``slant > 0``.
+    """
+    left, top, right, bottom = canvas.getbbox() or (0, 0, 1, 1)
+    my = int(np.ceil(2.5 * amplitude)) + 2
+    mx = int(np.ceil(abs(slant) * (bottom - top + 2 * my))) + my
+    box = (max(left - mx, 0), max(top - my, 0), min(right + mx, canvas.width),
+           min(bottom + my, canvas.height))
+    crop = canvas.crop(box)
+    if thin:
+        crop = _thin(crop)
+    baseline -= box[1]
+    w, h = crop.size
+    xs = np.linspace(0, w, max(2, round(w / cell) + 1))
+    ys = np.linspace(0, h, max(2, round(h / cell) + 1))
+    shift = amplitude * rng.normal(0.0, 1.0, size=(2, len(ys), len(xs)))
+    sx = xs[None, :] + slant * (ys[:, None] - baseline) + shift[0]
+    sy = ys[:, None] + shift[1]
+    mesh = []
+    for i in range(len(ys) - 1):
+        for j in range(len(xs) - 1):
+            corners = ((i, j), (i + 1, j), (i + 1, j + 1), (i, j + 1))  # Pillow's order: UL, LL, LR, UR
+            quad = tuple(float(v) for a, b in corners for v in (sx[a, b], sy[a, b]))
+            mesh.append(((round(xs[j]), round(ys[i]), round(xs[j + 1]), round(ys[i + 1])), quad))
+    warped = crop.transform(crop.size, Image.Transform.MESH, mesh, resample=Image.Resampling.BILINEAR,
+                            fillcolor=0)
+    return warped, baseline
+
+
+def components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(x, y, w, h)`` of the 8-connected components of a boolean image, sorted by x then y.
+
+    Runs of ink in each row are joined with the touching runs of the row above (union-find), so the
+    cost grows with the number of runs, not of pixels.
+    """
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)
+    run_rows, run_starts = np.nonzero(edges == 1)  # row-major order, so starts and ends pair up
+    first = np.searchsorted(run_rows, np.arange(h + 1)).tolist()
+    rows, starts = run_rows.tolist(), run_starts.tolist()
+    ends = (np.nonzero(edges == -1)[1] - 1).tolist()  # inclusive last column of each run
+    parent = list(range(len(rows)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for r in range(1, h):
+        i, j, i_end, j_end = first[r - 1], first[r], first[r], first[r + 1]
+        while i < i_end and j < j_end:
+            if starts[i] <= ends[j] + 1 and starts[j] <= ends[i] + 1:  # touching, diagonals included
+                parent[find(i)] = find(j)
+            if ends[i] < ends[j]:
+                i += 1
+            else:
+                j += 1
+    boxes: dict[int, list[int]] = {}
+    for i, (row, start, end) in enumerate(zip(rows, starts, ends, strict=True)):
+        box = boxes.setdefault(find(i), [start, row, end, row])
+        box[0], box[2] = min(box[0], start), max(box[2], end)
+        box[1], box[3] = min(box[1], row), max(box[3], row)
+    return sorted((x0, y0, x1 - x0 + 1, y1 - y0 + 1) for x0, y0, x1, y1 in boxes.values())
+
+
+def render_word(text: str, path: str, style: WriterStyle, rng: np.random.Generator, *,
+                struck: bool = False) -> WordInk:
+    """Draw one word in a writer's hand.
+
+    Args:
+        text: the characters to draw (all in ``hands.CHARSET``).
+        path: the writer's font file.
+        style: the writer's style.
+        rng: the word's generator (jitter, wobble phase, elastic field).
+        struck: cross the word out (IAM labels such a word ``#``).
+
+    Returns:
+        The ink cropped to its pixels above :data:`INK_LEVEL`, with its baseline and components.
+
+    Raises:
+        ValueError: nothing was drawn.
+    """
+    canvas, baseline = _draw(text, path, style, rng, struck)
+    slant = style.slant + rng.normal(0.0, JITTER["slant"])
+    canvas, baseline = _warp(canvas, baseline, slant, style.elastic * style.x_height,
+                             style.elastic_scale * style.x_height, rng,
+                             thin=_dilation(path, style.pen, style.x_height) < 0)
+    ink = np.asarray(canvas, dtype=np.float32) / 255.0
+    rows, cols = np.nonzero(ink > INK_LEVEL)
+    if rows.size == 0:
+        raise ValueError(f"nothing drawn for {text!r}")
+    y0, x0 = rows.min(), cols.min()
+    crop = ink[y0:rows.max() + 1, x0:cols.max() + 1]
+    return WordInk(np.ascontiguousarray(crop), int(baseline - y0), tuple(components(crop > INK_LEVEL)))
