@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KVCache", "MultiHeadAttention", "PositionalEncoding1d", "sinusoidal_encoding_2d"]
+__all__ = [
+    "KVCache",
+    "MultiHeadAttention",
+    "PositionalEncoding1d",
+    "sinusoidal_encoding_2d",
+    "sinusoidal_table",
+]
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,20 @@ class MultiHeadAttention(nn.Module):
         return self.attend(self.logits(query, kv, mask), kv, bias)
 
 
+def sinusoidal_table(length: int, d_model: int, temperature: float = 10000.0,
+                     device: torch.device | str | None = None) -> Tensor:
+    """The 1-D sinusoidal table pe[p, 2i] = sin(p·ω_i), pe[p, 2i+1] = cos(p·ω_i), ω_i = 10000^(−2i/d).
+
+    Computed in float64, returned as float32 `(length, d)`; ``d_model`` must be even.
+    """
+    if d_model % 2:
+        raise ValueError(f"d_model must be even, got {d_model}")
+    steps = torch.arange(0, d_model, 2, dtype=torch.float64, device=device)
+    freqs = temperature ** (-steps / d_model)  # (d/2,)
+    angles = torch.arange(length, dtype=torch.float64, device=device)[:, None] * freqs  # (length, d/2)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).float()  # (length, d), interleaved
+
+
 class PositionalEncoding1d(nn.Module):
     """Adds the sinusoidal encoding pe[p, 2i] = sin(p·ω_i), pe[p, 2i+1] = cos(p·ω_i), ω_i = 10000^(−2i/d).
 
@@ -130,12 +150,8 @@ class PositionalEncoding1d(nn.Module):
 
     def __init__(self, d_model: int, max_len: int, temperature: float = 10000.0) -> None:
         super().__init__()
-        if d_model % 2:
-            raise ValueError(f"d_model must be even, got {d_model}")
-        freqs = temperature ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (d/2,)
-        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * freqs  # (max_len, d/2)
-        pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (max_len, d), sin/cos interleaved
-        self.register_buffer("pe", pe.float(), persistent=False)  # derived, so not in checkpoints
+        pe = sinusoidal_table(max_len, d_model, temperature)  # (max_len, d)
+        self.register_buffer("pe", pe, persistent=False)  # derived, so not in checkpoints
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """`(N, L, d)` → `(N, L, d)` with positions ``offset .. offset + L − 1`` added."""
