@@ -337,3 +337,34 @@ def test_help_does_not_import_torch():
     assert result.returncode == 0, result.stderr
     assert "--workers" in result.stdout
     assert "IAM" in result.stdout
+
+
+def test_the_iam_reader_recovers_the_generator_metadata(corpus):
+    """writer-htr.md §17 test 7: reading the generated corpus gives back exactly what the generator
+    recorded in its journal (ids, writers, texts, flags, grey levels, boxes, components)."""
+    from data.datasets.iam import read_iam, xml_disagreements
+
+    read = read_iam(corpus)
+    assert xml_disagreements(read) == []
+    journal = [json.loads(line) for line in (corpus / ".synth-journal.jsonl").read_text().splitlines()]
+    forms = [entry["form"] for entry in journal if "form" in entry]
+    assert sorted(f["id"] for f in forms) == sorted(read.forms) == sorted(read.xml)
+    for form in forms:
+        assert read.writers[form["id"]] == form["writer"]
+        xml_lines = {line.id: line for line in read.xml[form["id"]].lines}
+        for line in form["lines"]:
+            got = read.lines[line["id"]]
+            assert (got.segmentation, got.grey, got.components) == (
+                line["segmentation"], line["grey"], line["components"])
+            assert tuple(got.box) == tuple(line["box"])
+            assert got.words == tuple(word["text"] for word in line["words"])  # IAM's split punctuation
+            assert xml_lines[line["id"]].text == line["text"]  # the original spacing
+            assert xml_lines[line["id"]].segmentation == line["segmentation"]
+            xml_words = {w.id: w for w in xml_lines[line["id"]].words}
+            for word in line["words"]:
+                record = read.words[word["id"]]
+                assert (record.segmentation, record.tag, record.text) == (
+                    word["segmentation"], word["tag"], word["text"])
+                assert tuple(record.box) == tuple(word["box"])
+                cmps = [tuple(c) for c in word["cmps"]]
+                assert [tuple(b) for b in xml_words[word["id"]].components] == cmps
