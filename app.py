@@ -281,7 +281,37 @@ def _speech_tab(model: str, limits: Limits) -> None:
                  preprocess=False)
 
 
-TAB_BUILDERS: dict[str, Callable[[str, Limits], None]] = {"math": _math_tab, "speech": _speech_tab}
+def _text_handler(model: str, limits: Limits) -> Callable[..., Any]:
+    @_guarded
+    def read_handwriting(upload: Any, beam_size: float, nbest: float):
+        path = _check_image(_upload_path(upload), limits)
+        result = get_recognizer(model).recognize([path], beam_size=int(beam_size), nbest=int(nbest))[0]
+        return result.text, _nbest_rows(result)
+
+    return read_handwriting
+
+
+def _text_tab(model: str, limits: Limits) -> None:
+    handler = _text_handler(model, limits)
+    gr.Markdown(f"Handwritten word or line → text with **{_model_label(model)}**. Upload a photo or scan "
+                "(dark ink on light paper, or the reverse).")
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(type="filepath", format="png", sources=["upload", "clipboard"],
+                             label="Handwriting image", image_mode="L")
+            button = gr.Button("Read", variant="primary")
+            with gr.Accordion("Options", open=False):
+                beam = gr.Slider(1, 8, value=1, step=1, label="Beam size (1 = greedy)")
+                nbest = gr.Slider(1, 8, value=3, step=1, label="Hypotheses listed")
+        with gr.Column():
+            text = gr.Textbox(label="Text", lines=2, buttons=["copy"], elem_id="text-result")
+            table = gr.Dataframe(headers=["rank", "text", "score"], label="N-best", interactive=False)
+    button.click(handler, [image, beam, nbest], [text, table], api_name="text", concurrency_id=model,
+                 preprocess=False)
+
+
+TAB_BUILDERS: dict[str, Callable[[str, Limits], None]] = {
+    "math": _math_tab, "text": _text_tab, "speech": _speech_tab}
 
 
 def build_demo(models: dict[str, str] | None = None, limits: Limits | None = None) -> gr.Blocks:

@@ -36,6 +36,8 @@ REGISTRY: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("posformer", "math", "recognizers.posformer.recognizer:PosFormerRecognizer",
                   "posformer.safetensors"),
+        ModelSpec("handwriting", "text", "recognizers.handwriting.recognizer:HandwritingRecognizer",
+                  "handwriting.safetensors"),
         ModelSpec("samba-asr", "speech", "recognizers.samba_asr.recognizer:SambaASRRecognizer",
                   "samba_asr.safetensors"),
     )

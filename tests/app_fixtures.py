@@ -29,10 +29,12 @@ SPEECH_UI_OPTIONS = {"beam_size": 4, "nbest": 3}
 
 
 def build_app_models(folder: Path) -> dict[str, str]:
-    """A tiny math and a tiny speech bundle under ``folder``: ``{"math": path, "speech": path}``
-    (what ``app.build_demo(models)`` takes)."""
+    """A tiny bundle per task under ``folder``: ``{"math": path, "text": path, "speech": path}`` (what
+    ``app.build_demo(models)`` takes)."""
     from recognizers.checkpoint import save_bundle
+    from recognizers.handwriting.recognizer import HandwritingRecognizer
     from recognizers.posformer.recognizer import PosFormerRecognizer
+    from tests.handwriting_fixtures import tiny_model, tiny_vocab
     from tests.math_fixtures import tiny_posformer
     from tests.speech_fixtures import build_tiny_asr
 
@@ -40,17 +42,21 @@ def build_app_models(folder: Path) -> dict[str, str]:
     speech = build_tiny_asr(folder).path
     math = save_bundle(folder / "posformer.safetensors",
                        PosFormerRecognizer(tiny_posformer(**MATH_BIAS)).to_bundle())
-    return {"math": str(math), "speech": str(speech)}
+    text = save_bundle(folder / "handwriting.safetensors",
+                       HandwritingRecognizer(tiny_model(), tiny_vocab()).to_bundle())
+    return {"math": str(math), "text": str(text), "speech": str(speech)}
 
 
 def write_app_inputs(folder: Path) -> dict[str, Path]:
-    """Inputs for the app: formula images ``a``, ``b``, ``c`` (``FORMULAS``); the audio of
-    ``tests.speech_fixtures.write_audio_tree`` (``top``, ``ax``, ``bx``, ``by``, ``corrupt``, ``empty``,
-    ``silent``); ``bad_png`` (random bytes named ``.png``)."""
+    """Inputs for the app: formula images ``a``, ``b``, ``c`` (``FORMULAS``); a word image ``word``; the
+    audio of ``tests.speech_fixtures.write_audio_tree`` (``top``, ``ax``, ``bx``, ``by``, ``corrupt``,
+    ``empty``, ``silent``); ``bad_png`` (random bytes named ``.png``)."""
+    from tests.handwriting_fixtures import write_words
     from tests.math_fixtures import write_formulas
     from tests.speech_fixtures import write_audio_tree
 
     files = dict(write_formulas(folder / "formulas", FORMULAS))
+    files.update(write_words(folder / "words", {"word": "quick"}))
     files.update(write_audio_tree(folder / "audio"))
     files.pop("image")  # the audio tree's fake PNG: bad_png is the one for the math tab
     files["bad_png"] = folder / "random-bytes.png"

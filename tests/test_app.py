@@ -52,7 +52,7 @@ def client(models):
 
 def test_endpoints_are_the_three_tabs(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    assert names == {"/math", "/math_sketch", "/speech"}
+    assert names == {"/math", "/math_sketch", "/text", "/speech"}
 
 
 def test_math_endpoint_answers_like_the_recognizer(client, models, inputs):
@@ -75,6 +75,15 @@ def test_sketch_endpoint_reads_the_composite(client, inputs):
     with pytest.raises(Exception, match="No image"):
         client.predict({"background": None, "layers": [], "composite": None}, 2, 2, False,
                        api_name="/math_sketch")
+
+
+def test_text_endpoint_answers_like_the_recognizer(client, models, inputs):
+    expected = recognizers.load(models["text"]).recognize([inputs["word"]], beam_size=2, nbest=2)[0]
+    text, table = client.predict(handle_file(str(inputs["word"])), 2, 2, api_name="/text")
+    assert text == expected.text
+    assert [row[1] for row in table["data"]] == [t for t, _ in expected.nbest]
+    with pytest.raises(Exception, match=r"random-bytes\.png: not a readable image"):
+        client.predict(handle_file(str(inputs["bad_png"])), 1, 1, api_name="/text")
 
 
 def test_speech_endpoint_answers_like_the_recognizer(client, models, inputs):

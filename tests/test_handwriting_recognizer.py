@@ -10,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+import recognizers
 from data.handwriting import CharVocabulary, HandwritingConfig, load_handwriting, normalize_image
 from recognizers import InputError, Result, decoding
 from recognizers.checkpoint import CheckpointError, read_bundle, save_bundle
 from recognizers.handwriting.recognizer import HandwritingImage, HandwritingRecognizer
 from recognizers.handwriting.search import encode_images
-from recognizers.registry import REGISTRY
+from recognizers.registry import REGISTRY, weights_path
 from tests.handwriting_fixtures import tiny_model, tiny_vocab, word_pixels, write_words
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -125,7 +126,12 @@ def test_bad_inputs_name_the_file(recognizer, tmp_path):
         recognizer.load_input(blank)
 
 
-def test_not_registered_yet():
-    assert "handwriting" not in REGISTRY  # no weights exist; registering is one ModelSpec line
+def test_registered_for_the_text_task(tmp_path, monkeypatch):
+    spec = REGISTRY["handwriting"]
+    assert (spec.task, spec.recognizer_class()) == ("text", HandwritingRecognizer)
     assert HandwritingRecognizer.name == "handwriting"
     assert HandwritingRecognizer.task == "text"
+    monkeypatch.setenv("RECOGNIZERS_WEIGHTS_DIR", str(tmp_path))
+    if not weights_path(spec).is_file():  # nothing bundled yet: loading says so
+        with pytest.raises(ValueError, match=r"weights file .* is missing"):
+            recognizers.load("handwriting")
