@@ -19,6 +19,8 @@ HOST ?= 127.0.0.1
 PORT ?= 7860
 
 export PYTHONDONTWRITEBYTECODE := 1
+# albumentations asks PyPI for updates at import otherwise (platform.md §11)
+export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: app test test-fast bench lint system-deps install
 

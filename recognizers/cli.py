@@ -75,8 +75,15 @@ def _add_evaluate_parser(subparsers) -> None:
                     '{"task", "model", "n", "metrics", "seconds", "rtf"} as JSON.')
     e.add_argument("--task", choices=("math", "text", "speech"), required=True)
     e.add_argument("--data", required=True, help="corpus root (speech: a LibriSpeech split folder; "
-                   "math: a CROHME folder with caption.txt and img/, or a .zip of one)")
+                   "math: a CROHME folder with caption.txt and img/, or a .zip of one; text: an IAM-layout "
+                   "folder with ascii/ and words/ or lines/)")
     e.add_argument("--limit", type=_positive, default=None, help="only the first N items")
+    e.add_argument("--level", choices=("words", "lines"), default=None,
+                   help="text: word or line images (default: words if ascii/words.txt exists)")
+    e.add_argument("--split", default=None, help="text: the split list to score (default: "
+                   "DATA/splits/aachen/test.uttlist if present, else every sample)")
+    e.add_argument("--split-kind", choices=("forms", "lines"), default="forms",
+                   help="text: the list holds form ids (Aachen lists) or line ids (IAM task lists)")
     _add_model_options(e)
     e.set_defaults(handler=_run_evaluate)
 

@@ -1,12 +1,13 @@
 """``recognizers fit | validate | test | predict``: LightningCLI over the project's modules (platform.md §5).
 
 Any LightningModule / LightningDataModule class may be named in the YAML (``class_path``); a short
-name such as ``SambaASRModule`` or ``PosFormerModule`` resolves because this module imports the
-project's classes. The DataModule's ``vocab_size`` (its tokenizer, trained from the training
-transcripts, or the fixed CROHME vocabulary) is linked into the model at instantiation, so a recipe
-never states it twice. ``predict`` (``training/predict.py``) pairs ``FilesDataModule`` with
-``RecognitionModule``, neither of which has a ``vocab_size``: jsonargparse skips an instantiation link
-whose source object lacks the attribute (``tests/test_predict.py`` runs that path).
+name such as ``SambaASRModule``, ``PosFormerModule`` or ``HTRModule`` resolves because this module
+imports the project's classes. The DataModule's ``vocab_size`` (its tokenizer, trained from the training
+transcripts, the fixed CROHME vocabulary, or the characters of the IAM training labels) is linked into
+the model at instantiation, so a recipe never states it twice. ``predict`` (``training/predict.py``)
+pairs ``FilesDataModule`` with ``RecognitionModule``, neither of which has a ``vocab_size``: jsonargparse
+skips an instantiation link whose source object lacks the attribute (``tests/test_predict.py`` runs
+that path).
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # jsonargpars
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from .math_data import MathDataModule  # noqa: F401  (registers the short class names)
+from .htr_data import HandwritingDataModule  # noqa: F401  (registers the short class names)
+from .htr_module import HTRModule  # noqa: F401
+from .math_data import MathDataModule  # noqa: F401
 from .math_module import PosFormerModule  # noqa: F401
+from .metahtr_data import EpisodeDataModule  # noqa: F401
+from .metahtr_module import MetaHTRModule  # noqa: F401
 from .predict import FilesDataModule, JsonlPredictionWriter, RecognitionModule  # noqa: F401
 from .speech_data import SpeechDataModule  # noqa: F401
 from .speech_module import SambaASRModule  # noqa: F401
+from .writer_codes_data import WriterCodeDataModule  # noqa: F401
+from .writer_codes_module import WriterCodeModule  # noqa: F401
 
 __all__ = ["RecognizersCLI", "main"]
 

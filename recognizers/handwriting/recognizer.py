@@ -13,9 +13,9 @@ in id order, specials first) and ``recognizers.preprocess`` the image settings (
 ``HandwritingConfig``; optional, the thesis values by default); the weights are the whole
 ``HTRModel.state_dict()``.
 
-Registry name "handwriting" (interfaces.md fixes it; task "text"). The model is not registered until
-weights exist; registering it is one ``ModelSpec("handwriting", "text",
-"recognizers.handwriting.recognizer:HandwritingRecognizer", "handwriting.safetensors")`` line.
+Registry name "handwriting" (interfaces.md fixes it; task "text"; weights file ``handwriting.safetensors``).
+Training: ``training/htr_module.py`` (``recognizers fit --config training/configs/htr_*.yaml``), then
+``recognizers export CKPT --out handwriting.safetensors``.
 """
 
 from __future__ import annotations
