@@ -39,6 +39,7 @@ from PIL import Image
 import recognizers
 from recognizers import InputError
 from recognizers.registry import REGISTRY, TASKS, weights_path
+from recognizers.samples import pair_uploads
 
 log = logging.getLogger("recognizers.app")
 
@@ -56,6 +57,7 @@ class Limits:
     max_image_pixels: int = 25_000_000  # checked from the header, before decoding
     queue_size: int = 16  # waiting requests; more get "queue full" instead of an unbounded wait
     max_tokens_shown: int = 60  # attention maps drawn per formula
+    max_adapt_samples: int = 32  # images per "My handwriting" adaptation (16 are the protocol's K)
 
 
 def default_models() -> dict[str, str]:
@@ -283,22 +285,60 @@ def _speech_tab(model: str, limits: Limits) -> None:
 
 def _text_handler(model: str, limits: Limits) -> Callable[..., Any]:
     @_guarded
-    def read_handwriting(upload: Any, beam_size: float, nbest: float):
+    def read_handwriting(upload: Any, beam_size: float, nbest: float, use_profile: bool = False,
+                         profile: Any = None):
         path = _check_image(_upload_path(upload), limits)
-        result = get_recognizer(model).recognize([path], beam_size=int(beam_size), nbest=int(nbest))[0]
+        options: dict[str, Any] = {"beam_size": int(beam_size), "nbest": int(nbest)}
+        if use_profile:
+            options["writer_profile"] = _upload_path(profile)
+            if not options["writer_profile"]:
+                raise gr.Error("No writer profile: adapt to your handwriting in the \"My handwriting\" tab, "
+                               "or upload a profile there, first.")
+        result = get_recognizer(model).recognize([path], **options)[0]
         return result.text, _nbest_rows(result)
 
     return read_handwriting
+
+
+def _upload_files(payload: Any) -> list[tuple[str, str]]:
+    """``(server path, original file name)`` of each file of a multiple-file upload, in upload order."""
+    files = []
+    for item in payload or []:
+        path = _upload_path(item)
+        if path:
+            name = item.get("orig_name") if isinstance(item, dict) else getattr(item, "orig_name", None)
+            files.append((path, name or os.path.basename(path)))
+    return files
+
+
+def _adapt_handler(model: str, limits: Limits) -> Callable[..., Any]:
+    @_guarded
+    def adapt_to_writer(uploads: Any, transcriptions: str | None):
+        files = _upload_files(uploads)
+        if len(files) > limits.max_adapt_samples + 1:  # + a labels.tsv
+            raise gr.Error(f"{len(files)} files is over the limit of {limits.max_adapt_samples} images")
+        samples = pair_uploads(files, transcriptions)  # SamplesError (a ValueError) names the problem
+        for path, _ in samples:
+            _check_image(path, limits)
+        out = os.path.join(tempfile.mkdtemp(prefix="recognizers-profile-"), "writer-profile.safetensors")
+        profile = get_recognizer(model).adapt(samples).save(out)
+        size = os.path.getsize(out) / 1e3
+        return out, (f"Adapted with {profile.method} on {profile.num_support} samples: a {size:.1f} kB "
+                     "profile. Tick \"Use my handwriting\" to read with it.")
+
+    return adapt_to_writer
 
 
 def _text_tab(model: str, limits: Limits) -> None:
     handler = _text_handler(model, limits)
     gr.Markdown(f"Handwritten word or line → text with **{_model_label(model)}**. Upload a photo or scan "
                 "(dark ink on light paper, or the reverse).")
-    with gr.Row():
+    with gr.Tab("Read"), gr.Row():
         with gr.Column():
             image = gr.Image(type="filepath", format="png", sources=["upload", "clipboard"],
                              label="Handwriting image", image_mode="L")
+            use_profile = gr.Checkbox(value=False, label="Use my handwriting (the writer profile of the "
+                                      "\"My handwriting\" tab)")
             button = gr.Button("Read", variant="primary")
             with gr.Accordion("Options", open=False):
                 beam = gr.Slider(1, 8, value=1, step=1, label="Beam size (1 = greedy)")
@@ -306,8 +346,25 @@ def _text_tab(model: str, limits: Limits) -> None:
         with gr.Column():
             text = gr.Textbox(label="Text", lines=2, buttons=["copy"], elem_id="text-result")
             table = gr.Dataframe(headers=["rank", "text", "score"], label="N-best", interactive=False)
-    button.click(handler, [image, beam, nbest], [text, table], api_name="text", concurrency_id=model,
-                 preprocess=False)
+    with gr.Tab("My handwriting"):
+        gr.Markdown("Adapt the reader to your handwriting: upload a few images of your words or lines (3 to "
+                    "16 is typical), type their transcriptions one line per image in upload order (or add "
+                    "a `labels.tsv` of `file<TAB>text` lines), and click **Adapt**. Keep the profile file: "
+                    "upload it here later to use it again.")
+        with gr.Row():
+            with gr.Column():
+                samples = gr.File(file_count="multiple", file_types=["image", ".tsv"],
+                                  label="Sample images (and optionally labels.tsv)")
+                lines = gr.Textbox(lines=6, label="Transcriptions, one line per image in upload order")
+                adapt_button = gr.Button("Adapt", variant="primary")
+            with gr.Column():
+                profile = gr.File(label="Writer profile (download it; upload a saved one to use it)",
+                                  file_types=[".safetensors"])
+                status = gr.Textbox(label="Status", interactive=False, elem_id="adapt-status")
+    adapt_button.click(_adapt_handler(model, limits), [samples, lines], [profile, status], api_name="adapt",
+                       concurrency_id=model, preprocess=False)
+    button.click(handler, [image, beam, nbest, use_profile, profile], [text, table], api_name="text",
+                 concurrency_id=model, preprocess=False)
 
 
 TAB_BUILDERS: dict[str, Callable[[str, Limits], None]] = {

@@ -45,7 +45,7 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
     import torch
 
     from .checkpoint import CheckpointError, read_bundle
-    from .registry import REGISTRY, weights_path
+    from .registry import REGISTRY, find_spec, weights_path
 
     name = str(name_or_path)
     if name in REGISTRY:
@@ -59,9 +59,9 @@ def load(name_or_path: str | Path, *, device: str | torch.device | None = None) 
         raise ValueError(f"unknown model {name!r}: use one of {sorted(REGISTRY)} or a .safetensors/.ckpt")
     bundle = read_bundle(path)
     if spec is None:
-        if bundle.model not in REGISTRY:
+        spec = find_spec(bundle.model)
+        if spec is None:
             raise ValueError(f"{path}: model type {bundle.model!r} is not one of {sorted(REGISTRY)}")
-        spec = REGISTRY[bundle.model]
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     try:

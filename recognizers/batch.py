@@ -177,6 +177,7 @@ def run_transcribe(args: Any, load_recognizer: Any) -> int:
     targets = {p: _output_path(p, root, out_dir, args.format) if out_dir else None for p in paths}
     names = ("beam_size", "nbest", "num_groups", "diversity_penalty")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    options.update(_profile_option(args))
     loaded: dict[str, Recognizer] = {}
 
     def recognizer_for(task: str) -> Recognizer:
@@ -185,6 +186,11 @@ def run_transcribe(args: Any, load_recognizer: Any) -> int:
             # a --model file decides the task; an explicit --task must agree with it
             if args.model and args.task not in ("auto", loaded[task].task):
                 raise UsageError(f"--task {args.task}, but {args.model} is a {loaded[task].task} model")
+            if "writer_profile" in options:  # checked once, before any input: exit 2 if it does not fit
+                if loaded[task].task != "text":
+                    raise UsageError(f"--writer-profile is for handwriting, but {args.model or task} is a "
+                                     f"{loaded[task].task} model")
+                options["writer_profile"] = loaded[task].check_profile(options["writer_profile"])
         return loaded[task]
 
     failed, done, json_records = 0, 0, []
@@ -202,6 +208,19 @@ def run_transcribe(args: Any, load_recognizer: Any) -> int:
     if not args.quiet:
         print(f"{done} ok, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _profile_option(args: Any) -> dict:
+    """``{"writer_profile": profile}`` for ``--writer-profile FILE`` (read now, so a bad file is a usage
+    error before any input), else ``{}``."""
+    path = getattr(args, "writer_profile", None)
+    if not path:
+        return {}
+    if args.task not in ("text", "auto") or (args.task == "auto" and not args.model):
+        raise UsageError("--writer-profile is for handwriting: pass --task text (or a handwriting --model)")
+    from .handwriting.profile import WriterProfile
+
+    return {"writer_profile": WriterProfile.load(path)}
 
 
 def render_json_array(records: list[dict]) -> str:
@@ -247,7 +266,9 @@ def run_evaluate(args: Any, load_recognizer: Any) -> dict:
     if args.task == "math":
         return _evaluate_math(args, load_recognizer)
     if args.task == "text":
-        return _evaluate_text(args, load_recognizer)
+        from .text_eval import evaluate_text  # plain, --writer-profile and --adaptation-protocol
+
+        return evaluate_text(args, load_recognizer)
     if args.task != "speech":
         raise UsageError(f"evaluate --task {args.task}: unknown task")
     return _evaluate_speech(args, load_recognizer)
@@ -314,57 +335,3 @@ def _evaluate_math(args: Any, load_recognizer: Any) -> dict:
             "metrics": {"exprate": rates.exprate, "le1": rates.le1, "le2": rates.le2, "le3": rates.le3},
             "seconds": round(seconds, 3), "seconds_per_image": round(seconds / count, 4),
             "beam_size": options.get("beam_size", 10)}
-
-
-def _text_split(args: Any) -> Path | None:
-    """The split list to evaluate: ``--split``, else the corpus's Aachen test list if present, else None
-    (every sample)."""
-    if args.split:
-        return Path(args.split)
-    default = Path(args.data) / "splits" / "aachen" / "test.uttlist"
-    return default if default.is_file() else None
-
-
-def _evaluate_text(args: Any, load_recognizer: Any) -> dict:
-    """IAM layout → corpus-level CER and WER of the decoded characters (writer-htr.md §9.1).
-
-    Samples are those of ``IAMDataset`` (lines with ``err`` segmentation dropped at word level, 0-byte
-    images skipped), without the writer filter: this scores the writer-independent base model. Images
-    go through the model's numeric pipeline as in training (``normalize_image``, no polarity guess) and
-    are recognised in batches sorted by bounding-box area.
-    """
-    from data.datasets.crohme import bucket_by_area
-    from data.datasets.iam import IAMDataset, read_iam
-    from data.handwriting import normalize_image
-    from recognizers.handwriting.recognizer import HandwritingImage
-    from training.metrics import cer, wer
-
-    corpus = read_iam(args.data)
-    level = args.level or ("words" if corpus.words else "lines")
-    split = _text_split(args)
-    dataset = IAMDataset(corpus, level=level, split="test" if split else None,
-                         split_files={"test": split} if split else None, split_kind=args.split_kind,
-                         min_words=0)
-    count = min(len(dataset), args.limit or len(dataset))
-    rec = load_recognizer(args.model or "text", args.device)
-    if rec.task != "text":
-        raise UsageError(f"evaluate --task text: {args.model} is a {rec.task} model")
-    options = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
-    records = corpus.words if level == "words" else corpus.lines
-    areas = [max(1, b.width) * max(1, b.height) for b in (records[s.id].box for s in dataset.samples[:count])]
-
-    def image(i: int) -> HandwritingImage:
-        return HandwritingImage(normalize_image(dataset[i][0], rec.preprocess))
-
-    refs, hyps, seconds = [""] * count, [""] * count, 0.0
-    rec.recognize([image(0)], **options)  # warm-up: allocator and kernels ready
-    for batch in bucket_by_area(areas, args.batch_size, max_area=2**62):
-        results, elapsed = _timed(rec, [image(i) for i in batch], options)
-        seconds += elapsed
-        for i, result in zip(batch, results, strict=True):
-            refs[i], hyps[i] = dataset.samples[i].text, result.text
-    return {"task": "text", "model": str(args.model or rec.name), "n": count,
-            "metrics": {"cer": cer(refs, hyps).rate, "wer": wer(refs, hyps).rate},
-            "seconds": round(seconds, 3), "seconds_per_image": round(seconds / count, 4),
-            "beam_size": options.get("beam_size", 1), "level": level,
-            "split": str(split) if split else None}

@@ -10,7 +10,7 @@ list of the vocabulary's tokens).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,18 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class Bundle:
-    """Everything needed to rebuild a model: registry name, config, extras and weights."""
+    """Everything needed to rebuild a model: registry name, config, extras and weights.
+
+    ``extra_state`` holds a training checkpoint's tensors outside its ``model.*`` (e.g. MetaHTR's
+    ``meta.*``) for the recognizer's ``inference_bundle`` hook to keep or drop; ``save_bundle`` never
+    writes it.
+    """
 
     model: str
     config: dict[str, Any]
     extras: dict[str, str]
     state_dict: dict[str, torch.Tensor]
+    extra_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def save_bundle(path: str | Path, bundle: Bundle) -> Path:
@@ -80,8 +86,9 @@ def _from_lightning(path: Path) -> Bundle:
         raise CheckpointError(f"{path}: checkpoint without 'state_dict' or the model and config of its "
                               "'recognizers' entry")
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    other = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("model.")}
     extras = {k: v for k, v in info.items() if k not in ("model", "config") and isinstance(v, str)}
-    return Bundle(info["model"], info["config"], extras, state)
+    return Bundle(info["model"], info["config"], extras, state, other)
 
 
 def read_bundle(path: str | Path) -> Bundle:
@@ -101,16 +108,18 @@ def read_bundle(path: str | Path) -> Bundle:
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
     """``recognizers export``: Lightning checkpoint → inference bundle (no optimizer state).
 
-    A registered model's recognizer class may define ``inference_bundle(bundle) -> Bundle`` to drop
-    training-only weights (PosFormer's position branch); it is applied before writing.
+    A registered model's recognizer class (found through ``registry.find_spec``, aliases included) may
+    define ``inference_bundle(bundle) -> Bundle`` to drop training-only weights (PosFormer's position
+    branch) or keep adaptation state (the handwriting model's MetaHTR ``meta.*`` tensors from
+    ``Bundle.extra_state``); it is applied before writing.
 
     Raises:
         CheckpointError: unreadable checkpoint, or one the model's hook rejects.
     """
-    from .registry import REGISTRY
+    from .registry import find_spec
 
     bundle = read_bundle(ckpt)
-    spec = REGISTRY.get(bundle.model)
+    spec = find_spec(bundle.model)
     hook = getattr(spec.recognizer_class(), "inference_bundle", None) if spec is not None else None
     if hook is not None:
         try:

@@ -1,8 +1,8 @@
 """The ``recognizers`` command (architecture.md §4).
 
 Plain argparse, with nothing heavy imported at module level, so ``recognizers --help`` is instant.
-Subcommands (transcribe, evaluate, adapt, synth, export and the LightningCLI verbs) are added by the
-issues that build them, each through its own small parser-building function.
+Subcommands: transcribe, evaluate, adapt, synth, export and the LightningCLI verbs, each built by its
+own small parser-building function.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_transcribe_parser(subparsers)
     _add_evaluate_parser(subparsers)
+    _add_adapt_parser(subparsers)
     _add_synth_parser(subparsers)
     _add_export_parser(subparsers)
     for verb in TRAINING_VERBS:  # listed for --help; the arguments go to LightningCLI untouched
@@ -85,7 +86,48 @@ def _add_evaluate_parser(subparsers) -> None:
     e.add_argument("--split-kind", choices=("forms", "lines"), default="forms",
                    help="text: the list holds form ids (Aachen lists) or line ids (IAM task lists)")
     _add_model_options(e)
+    _add_adaptation_options(e)
     e.set_defaults(handler=_run_evaluate)
+
+
+def _add_adaptation_options(e: argparse.ArgumentParser) -> None:
+    """``evaluate --task text``: a writer profile, or the writer-adaptation protocol (writer-htr.md §9.1)."""
+    e.add_argument("--writer-profile", default=None, help="text: decode every image with this writer "
+                   "profile (from `recognizers adapt`)")
+    e.add_argument("--adaptation-protocol", action="store_true",
+                   help="text: per test writer, adapt on the first --shots words of --permutations fixed "
+                        "permutations and score the rest; prints 'no adaptation' and 'adapted' rows on the "
+                        "same query words and the split digest (--limit: query words per split)")
+    e.add_argument("--writers", type=_positive, default=None, help="protocol: only the first N writers by id")
+    e.add_argument("--shots", type=_positive, default=16, help="protocol: support words K (default 16)")
+    e.add_argument("--permutations", type=_positive, default=10,
+                   help="protocol: fixed permutations per writer (default 10)")
+    e.add_argument("--seed", type=int, default=0, help="protocol: seed of the permutations (default 0)")
+    e.add_argument("--steps", type=_positive, default=None,
+                   help="protocol: adaptation steps (default: the model file's)")
+
+
+def _add_adapt_parser(subparsers) -> None:
+    a = subparsers.add_parser(
+        "adapt", help="adapt a handwriting model to one writer; writes a writer profile",
+        description="Adapt a handwriting model to one writer from a few labelled samples and write a writer "
+                    "profile (.safetensors) for `transcribe --writer-profile`, `evaluate --writer-profile` "
+                    "and the app. The method is the model file's: MetaHTR, writer codes, or plain "
+                    "fine-tuning of the classifier for a base model.")
+    a.add_argument("--samples", required=True,
+                   help="a folder of images with labels.tsv (one 'file<TAB>text' line per image), or an "
+                        "IAM-layout folder (ascii/words.txt, words/) with --writer")
+    a.add_argument("--out", required=True, help="the writer profile to write (.safetensors)")
+    a.add_argument("--writer", default=None, help="IAM layout: the writer id whose words adapt (e.g. 000)")
+    a.add_argument("--level", choices=("words", "lines"), default=None,
+                   help="IAM layout: word or line images (default: words if ascii/words.txt exists)")
+    a.add_argument("--limit", type=_positive, default=None, help="only the first N samples (IAM: by id)")
+    a.add_argument("--steps", type=_positive, default=None,
+                   help="gradient steps (default: the model file's; MetaHTR 1, fine-tuning 10)")
+    a.add_argument("--model", default=None, help="registry name or .safetensors/.ckpt handwriting model "
+                   "(default: the bundled one)")
+    a.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    a.set_defaults(handler=_run_adapt)
 
 
 def _add_export_parser(subparsers) -> None:
@@ -143,12 +185,41 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from recognizers.batch import UsageError, run_evaluate
     from recognizers.checkpoint import CheckpointError
 
+    text_only = [flag for flag, given in (("--writer-profile", args.writer_profile),
+                                          ("--adaptation-protocol", args.adaptation_protocol)) if given]
+    if (text_only and args.task != "text") or len(text_only) == 2:
+        problem = "exclude each other" if len(text_only) == 2 else "is for --task text only"
+        print(f"recognizers evaluate: error: {' and '.join(text_only)} {problem}", file=sys.stderr)
+        return 2
     try:
         report = run_evaluate(args, _load_recognizer)
     except (UsageError, CheckpointError, CorpusError, InputError, ValueError) as exc:
         print(f"recognizers evaluate: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report))
+    return 0
+
+
+def _run_adapt(args: argparse.Namespace) -> int:
+    import time
+
+    from recognizers.base import InputError
+    from recognizers.checkpoint import CheckpointError
+    from recognizers.samples import read_samples
+
+    try:
+        samples = read_samples(args.samples, writer=args.writer, level=args.level, limit=args.limit)
+        rec = _load_recognizer(args.model or "text", args.device)
+        if rec.task != "text":
+            raise ValueError(f"{args.model} is a {rec.task} model; adapt needs a handwriting model")
+        start = time.perf_counter()
+        profile = rec.adapt(samples, steps=args.steps).save(args.out)
+    except (CheckpointError, InputError, ValueError, OSError) as exc:
+        print(f"recognizers adapt: error: {exc}", file=sys.stderr)
+        return 2
+    size = profile.path.stat().st_size
+    print(f"wrote {profile.path} ({profile.method}, {profile.num_support} samples, {size / 1e3:.1f} kB) in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["REGISTRY", "TASKS", "ModelSpec", "weights_path"]
+__all__ = ["ALIASES", "REGISTRY", "TASKS", "ModelSpec", "find_spec", "weights_path"]
 
 TASKS = ("math", "text", "speech")
 
@@ -42,6 +42,16 @@ REGISTRY: dict[str, ModelSpec] = {
                   "samba_asr.safetensors"),
     )
 }
+
+# Model names that training checkpoints carry for a registered recognizer: writer-code training
+# (training/writer_codes_module.py) saves "handwriting-writer-codes"; the handwriting recognizer's
+# ``inference_bundle`` turns such a checkpoint into a handwriting model file.
+ALIASES: dict[str, str] = {"handwriting-writer-codes": "handwriting"}
+
+
+def find_spec(model: str) -> ModelSpec | None:
+    """The registered recognizer of a model file's model name (aliases included); None if unknown."""
+    return REGISTRY.get(ALIASES.get(model, model))
 
 
 def weights_path(spec: ModelSpec) -> Path:

@@ -52,7 +52,7 @@ def client(models):
 
 def test_endpoints_are_the_three_tabs(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    assert names == {"/math", "/math_sketch", "/text", "/speech"}
+    assert names == {"/math", "/math_sketch", "/text", "/adapt", "/speech"}
 
 
 def test_math_endpoint_answers_like_the_recognizer(client, models, inputs):
@@ -84,6 +84,60 @@ def test_text_endpoint_answers_like_the_recognizer(client, models, inputs):
     assert [row[1] for row in table["data"]] == [t for t, _ in expected.nbest]
     with pytest.raises(Exception, match=r"random-bytes\.png: not a readable image"):
         client.predict(handle_file(str(inputs["bad_png"])), 1, 1, api_name="/text")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """Three word images of the tiny handwriting vocabulary, in upload order."""
+    from tests.handwriting_fixtures import write_words
+
+    words = write_words(tmp_path_factory.mktemp("my-hand"), {"s1": "the", "s2": "quick", "s3": "fox"})
+    return list(words.values())
+
+
+def test_adapt_endpoint_returns_a_profile_that_reading_uses(client, models, inputs, samples):
+    from recognizers.handwriting.profile import WriterProfile
+
+    profile, status = client.predict([handle_file(str(p)) for p in samples], "the\nquick\nfox\n",
+                                     api_name="/adapt")
+    assert Path(profile).suffix == ".safetensors"
+    assert "finetune on 3 samples" in status
+    assert "kB" in status
+    assert WriterProfile.load(profile).num_support == 3
+    rec = recognizers.load(models["text"])
+    expected = rec.recognize([inputs["word"]], beam_size=2, nbest=2, writer_profile=profile)[0]
+    text, table = client.predict(handle_file(str(inputs["word"])), 2, 2, True, handle_file(profile),
+                                 api_name="/text")
+    assert text == expected.text
+    assert [row[1] for row in table["data"]] == [t for t, _ in expected.nbest]
+    unticked = client.predict(handle_file(str(inputs["word"])), 2, 2, False, handle_file(profile),
+                              api_name="/text")
+    assert unticked[0] == rec.recognize([inputs["word"]], beam_size=2, nbest=2)[0].text
+    with pytest.raises(Exception, match="No writer profile"):
+        client.predict(handle_file(str(inputs["word"])), 1, 1, True, None, api_name="/text")
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ("the\nquick", r"3 images but 2 transcription lines"),
+    ("the\n \nfox", r"line 2 \(for s2\.png\) is empty"),
+    ("the\nqu@ck\nfox", r"sample 2 \(s2\.png\): characters not in the model's vocabulary: '@'"),
+])
+def test_adapt_endpoint_names_the_problem(client, samples, inputs, lines, message):
+    with pytest.raises(Exception, match=message):
+        client.predict([handle_file(str(p)) for p in samples], lines, api_name="/adapt")
+    with pytest.raises(Exception, match=r"random-bytes\.png: not a readable image"):
+        client.predict([handle_file(str(inputs["bad_png"]))], "the", api_name="/adapt")
+
+
+def test_adapt_endpoint_reads_a_labels_file(client, samples, tmp_path):
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("s3.png\tfox\ns1.png\tthe\ns2.png\tquick\n", encoding="utf-8")
+    files = [handle_file(str(p)) for p in (*samples, labels)]
+    _, status = client.predict(files, "", api_name="/adapt")
+    assert "3 samples" in status
+    labels.write_text("s3.png\tfox\ns1.png\tthe\n", encoding="utf-8")
+    with pytest.raises(Exception, match=r"uploaded but not listed: s2\.png"):
+        client.predict([handle_file(str(p)) for p in (*samples, labels)], "", api_name="/adapt")
 
 
 def test_speech_endpoint_answers_like_the_recognizer(client, models, inputs):

@@ -23,8 +23,9 @@ tests only.
 (pitfall §16.6). Evaluation then raises a clear error rather than silently not adapting.
 
 Checkpoints carry ``checkpoint["recognizers"]`` (model "handwriting", its config, vocabulary and the
-MetaHTR config), so ``recognizers export`` turns one into a handwriting bundle of the meta-trained θ; α
-and γ stay in the checkpoint's ``meta.*`` weights.
+MetaHTR config), so ``recognizers export`` turns one into a handwriting model file of the meta-trained θ
+that keeps α and γ (the ``meta.*`` weights and the ``recognizers.metahtr`` metadata): its
+``HandwritingRecognizer.adapt`` then runs this inner loop (``recognizers.handwriting.adaptation``).
 """
 
 from __future__ import annotations

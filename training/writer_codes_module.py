@@ -20,6 +20,10 @@ Adaptation needs gradients inside validation, so the trainer must run with ``inf
 
 Checkpoints carry ``recognizers``: the base config and vocabulary, the writer-code config and the
 training writer ids, so :meth:`WriterCodeModule.load_from_checkpoint` rebuilds the model without data.
+``recognizers export`` turns one into a handwriting model file that keeps the adapter (``codes.*``, the
+``recognizers.writer_codes`` metadata; the registry aliases this checkpoint's model name to
+"handwriting") and drops the training writers' codes; its ``HandwritingRecognizer.adapt`` then fits a new
+writer's code.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -125,7 +130,8 @@ class WriterCodeModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["recognizers"] = {
             "model": CHECKPOINT_MODEL, "config": self.model.base.cfg.to_dict(), "vocab": self.vocab.to_json(),
-            "writer_codes": json.dumps(self.code_config.to_dict()), "writers": json.dumps(self.writer_ids)}
+            "writer_codes": json.dumps(self.code_config.to_dict()), "writers": json.dumps(self.writer_ids),
+            "code_adaptation": json.dumps(asdict(self.adaptation))}  # new writers' code fitting, for export
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Rebuild the model from the checkpoint's own metadata unless the one built by :meth:`setup`

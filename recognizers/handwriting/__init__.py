@@ -4,8 +4,9 @@
 and ``sar`` (the two decoders), ``model`` (``HTRModel``: backbone + decoder, with writer-code hook A and
 the classifier's input features for MetaHTR), ``search`` (greedy/beam decoding over the shared
 ``recognizers.decoding``) and ``recognizer`` (the image → text bundle). Pre-processing and the
-character vocabulary live in ``data.handwriting``. Writer adaptation (MetaHTR, writer codes) comes later
-in ``adaptation.py``.
+character vocabulary live in ``data.handwriting``. Writer adaptation: ``metahtr`` (MetaHTR's inner and
+outer loop), ``writer_codes`` and ``writer_code_model`` (writer codes), ``adaptation`` (which method a
+model file supports, used by ``HandwritingRecognizer.adapt``) and ``profile`` (``WriterProfile``).
 """
 
 from .config import BackboneConfig, FPHTRConfig, HTRConfig, SARConfig, preset

@@ -13,29 +13,54 @@ in id order, specials first) and ``recognizers.preprocess`` the image settings (
 ``HandwritingConfig``; optional, the thesis values by default); the weights are the whole
 ``HTRModel.state_dict()``.
 
+Adaptation state (:mod:`.adaptation`): a MetaHTR model file adds ``recognizers.metahtr`` and the
+``meta.*`` tensors (α, g_γ), a writer-code model file ``recognizers.writer_codes`` and the ``codes.*``
+adapter; a plain base model adapts by plain fine-tuning (``recognizers.adaptation``, optional).
+:meth:`HandwritingRecognizer.adapt` turns a writer's labelled samples into a
+:class:`~.profile.WriterProfile`, and ``recognize(..., writer_profile=...)`` decodes with it.
+
 Registry name "handwriting" (interfaces.md fixes it; task "text"; weights file ``handwriting.safetensors``).
 Training: ``training/htr_module.py`` (``recognizers fit --config training/configs/htr_*.yaml``), then
-``recognizers export CKPT --out handwriting.safetensors``.
+``recognizers export CKPT --out handwriting.safetensors``; MetaHTR and writer-code checkpoints export the
+same way and keep their adaptation state.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import ImageOps
 from torch import Tensor
 
 from data.handwriting import CharVocabulary, HandwritingConfig, load_handwriting
-from data.images import ImageError
+from data.images import ImageError, detect_polarity, load_image
 
 from ..base import InputError, Recognizer, Result
 from ..checkpoint import Bundle, CheckpointError
 from ..decoding import Hypothesis
+from .adaptation import (
+    CODES,
+    META,
+    Adapter,
+    FinetuneAdapter,
+    Support,
+    WriterCodeAdapter,
+    adapter_from_bundle,
+    decode_adapted,
+    inference_bundle,
+)
 from .config import HTRConfig
-from .model import HTRModel
+from .metahtr import WordBatch
+from .metahtr_profile import weights_digest
+from .model import FeatureHook, HTRModel
+from .profile import WriterProfile, vocab_digest
 from .search import decode, encode_images, search_options
 
 __all__ = ["HandwritingImage", "HandwritingRecognizer"]
@@ -48,9 +73,12 @@ class HandwritingImage:
 
     Attributes:
         pixels: `(1, H, W)` float32, normalised (``data.handwriting.normalize_image``).
+        grey: optionally the `(H0, W0)` uint8 image it came from, dark ink on light paper (what Hinge
+            writer codes are computed on).
     """
 
     pixels: Tensor
+    grey: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def _config(data: dict[str, Any]) -> HTRConfig:
@@ -79,7 +107,7 @@ def _preprocess(raw: str | None) -> HandwritingConfig:
 
 
 class HandwritingRecognizer(Recognizer):
-    """Handwritten words or lines to text with FPHTR or SAR (writer-htr.md §4).
+    """Handwritten words or lines to text with FPHTR or SAR (writer-htr.md §4), adaptable to a writer.
 
     Args:
         model: the network.
@@ -87,13 +115,16 @@ class HandwritingRecognizer(Recognizer):
         device: where to run.
         max_batch: most images per search batch (``recognize`` splits larger inputs, sorted by area).
         preprocess: image settings of ``data.handwriting`` (default: the thesis's).
+        adapter: how the model adapts to a writer (default: plain fine-tuning of the classifier,
+            :class:`~.adaptation.FinetuneAdapter`).
     """
 
     name = "handwriting"
     task = "text"
 
     def __init__(self, model: HTRModel, vocab: CharVocabulary, device: torch.device | str = "cpu",
-                 max_batch: int = 32, preprocess: HandwritingConfig | None = None) -> None:
+                 max_batch: int = 32, preprocess: HandwritingConfig | None = None,
+                 adapter: Adapter | None = None) -> None:
         cfg = model.cfg
         if len(vocab) != cfg.vocab_size or (cfg.pad_id, cfg.sos_id, cfg.eos_id) != (
                 vocab.pad_id, vocab.sos_id, vocab.eos_id):
@@ -105,35 +136,59 @@ class HandwritingRecognizer(Recognizer):
         self.model = model.to(self.device).eval()
         self.vocab, self.max_batch = vocab, max_batch
         self.preprocess = preprocess or HandwritingConfig()
+        self.adapter = (adapter or FinetuneAdapter()).to(self.device)
+
+    # ----- model files -------------------------------------------------------------------------
+    @staticmethod
+    def inference_bundle(bundle: Bundle) -> Bundle:
+        """A training checkpoint's bundle as a handwriting model file: MetaHTR's α and g_γ (``meta.*``)
+        and a writer-code adapter (``codes.*``) are kept (:func:`.adaptation.inference_bundle`)."""
+        return inference_bundle(bundle)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device | str = "cpu") -> HandwritingRecognizer:
-        """Build from ``recognizers.checkpoint.read_bundle`` output; every weight must match exactly.
+        """Build from ``recognizers.checkpoint.read_bundle`` output (a model file or a training checkpoint);
+        every weight must match exactly.
 
         Raises:
-            CheckpointError: missing or unusable vocabulary, config or preprocessing, or weights that do
-                not match.
+            CheckpointError: missing or unusable vocabulary, config, preprocessing or adaptation state,
+                or weights that do not match.
         """
+        bundle = inference_bundle(bundle)
         cfg = _config(bundle.config)
         vocab = _vocab(bundle.extras.get("vocab"))
         if len(vocab) != cfg.vocab_size:
             raise CheckpointError(f"handwriting vocabulary has {len(vocab)} classes, the config "
                                   f"{cfg.vocab_size}")
         model = HTRModel(cfg)
+        base = {k: v for k, v in bundle.state_dict.items() if not k.startswith((META, CODES))}
         try:
-            missing, unexpected = model.load_state_dict(bundle.state_dict, strict=False)
+            missing, unexpected = model.load_state_dict(base, strict=False)
         except RuntimeError as exc:  # shape mismatches raise even with strict=False
             raise CheckpointError(f"handwriting weights do not match the config: {exc}") from exc
         if missing or unexpected:
             raise CheckpointError(f"handwriting weights do not match the config: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
-        return cls(model, vocab, device, preprocess=_preprocess(bundle.extras.get("preprocess")))
+        adapter = adapter_from_bundle(model, bundle.extras, bundle.state_dict)
+        return cls(model, vocab, device, preprocess=_preprocess(bundle.extras.get("preprocess")),
+                   adapter=adapter)
 
     def to_bundle(self) -> Bundle:
-        """The bundle of this recognizer (``save_bundle`` writes it)."""
-        extras = {"vocab": self.vocab.to_json(), "preprocess": json.dumps(asdict(self.preprocess))}
-        return Bundle(self.name, self.model.cfg.to_dict(), extras, self.model.state_dict())
+        """The bundle of this recognizer (``save_bundle`` writes it), adaptation state included."""
+        extras = {"vocab": self.vocab.to_json(), "preprocess": json.dumps(asdict(self.preprocess)),
+                  **self.adapter.extras()}
+        return Bundle(self.name, self.model.cfg.to_dict(), extras, self._state())
 
+    def _state(self) -> dict[str, Tensor]:
+        return {**self.model.state_dict(), **self.adapter.state_dict()}
+
+    @functools.cached_property
+    def weights_digest(self) -> str:
+        """SHA-256 of the model file's tensors (base and adaptation state); profiles are checked against it.
+        Computed once: the recognizer's weights never change."""
+        return weights_digest(self._state())
+
+    # ----- inputs ------------------------------------------------------------------------------
     def load_input(self, source: Any) -> HandwritingImage:
         """A path, encoded bytes, PIL image, array or tensor of a grey or colour image →
         :class:`HandwritingImage`. A ``HandwritingImage`` passes through.
@@ -151,10 +206,90 @@ class HandwritingRecognizer(Recognizer):
         except ImageError as exc:  # its message starts with the input's name
             raise InputError(str(exc)) from exc
 
+    def _grey(self, source: Any) -> np.ndarray | None:
+        """The uint8 image before scaling, dark ink on light paper (for Hinge codes)."""
+        if isinstance(source, HandwritingImage):
+            return source.grey
+        image = load_image(source, max_pixels=self.preprocess.max_pixels)
+        invert = self.preprocess.polarity == "light_on_dark" or (
+            self.preprocess.polarity == "auto" and detect_polarity(image) == "white_on_black")
+        return np.asarray(ImageOps.invert(image) if invert else image, dtype=np.uint8)
+
+    # ----- writer adaptation -------------------------------------------------------------------
+    def adapt(self, samples: Sequence[tuple[Any, str]], *, steps: int | None = None) -> WriterProfile:
+        """Adapt to one writer from a few labelled samples (writer-htr.md §7, §8).
+
+        The method is the model file's (MetaHTR, writer codes, else plain fine-tuning, :mod:`.adaptation`);
+        it runs with gradients even when the caller is in ``torch.no_grad`` or ``torch.inference_mode``.
+
+        Args:
+            samples: ``(image, text)`` pairs; images as ``recognize`` takes them (paths, arrays ...).
+            steps: gradient steps (None: the model file's default).
+
+        Returns:
+            The profile (not saved: :meth:`WriterProfile.save`).
+
+        Raises:
+            ValueError: no sample, a sample that is not an (image, text) pair, an empty text, characters
+                outside the vocabulary (named), or a text too long for the model; InputError: an
+                unusable image. Messages name the sample.
+        """
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        with torch.inference_mode(False), torch.enable_grad():
+            support = self._support(samples)
+            tensors, info = self.adapter.adapt(self.model, support, steps)
+        return WriterProfile(self.adapter.method, tensors, self.model.cfg.name, self.weights_digest,
+                             vocab_digest(self.vocab), len(support.batch), info)
+
+    def _support(self, samples: Sequence[tuple[Any, str]]) -> Support:
+        if isinstance(samples, str | bytes) or not isinstance(samples, Sequence) or not samples:
+            raise ValueError("adapt needs at least one labelled sample: a list of (image, text) pairs")
+        images, texts, grey = [], [], []
+        hinge = isinstance(self.adapter, WriterCodeAdapter) and self.adapter.codes.cfg.source == "hinge"
+        for k, sample in enumerate(samples, 1):
+            if not isinstance(sample, tuple | list) or len(sample) != 2:
+                raise ValueError(f"sample {k}: expected an (image, text) pair, got {type(sample).__name__}")
+            image, text = sample
+            label = f"sample {k}" + (f" ({Path(image).name})" if isinstance(image, str | Path) else "")
+            texts.append(self._support_text(label, text))
+            try:
+                images.append(self.load_input(image).pixels.to(self.device))
+                grey.append(self._grey(image) if hinge else None)
+            except (InputError, ImageError) as exc:
+                raise InputError(f"{label}: {exc}") from exc
+        return Support(WordBatch.from_words(images, texts, self.vocab), grey)
+
+    def _support_text(self, label: str, text: Any) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{label}: empty transcription (every sample needs its text)")
+        text = text.strip()
+        unknown = self.vocab.unknown(text)
+        if unknown:
+            raise ValueError(f"{label}: characters not in the model's vocabulary: "
+                             f"{' '.join(map(repr, unknown))} (in {text!r})")
+        if len(text) + 1 > self.model.cfg.max_seq_len:
+            raise ValueError(f"{label}: {len(text)} characters, more than the model's "
+                             f"{self.model.cfg.max_seq_len - 1}")
+        return text
+
+    def check_profile(self, profile: WriterProfile | str | Path) -> WriterProfile:
+        """Read (if a path) and check a writer profile against this model.
+
+        Raises:
+            ProfileError: unreadable, made for other weights or another character set, or a method this
+                model file cannot decode with; the message names the file.
+        """
+        profile = WriterProfile.coerce(profile)
+        profile.check(self.weights_digest, vocab_digest(self.vocab), self.model.cfg.name)
+        self.adapter.check(profile)
+        return profile
+
+    # ----- recognition -------------------------------------------------------------------------
     @torch.no_grad()
     def recognize(self, inputs: Sequence[Any], *, beam_size: int = 1, nbest: int = 1, num_groups: int = 1,
-                  diversity_penalty: float = 0.0, length_penalty: float = 0.0,
-                  max_length: int | None = None) -> list[Result]:
+                  diversity_penalty: float = 0.0, length_penalty: float = 0.0, max_length: int | None = None,
+                  writer_profile: WriterProfile | str | Path | None = None) -> list[Result]:
         """Recognise a batch of word or line images.
 
         Args:
@@ -164,6 +299,7 @@ class HandwritingRecognizer(Recognizer):
             num_groups, diversity_penalty: diverse beam search, for a more varied n-best list.
             length_penalty: α of the beam ranking score Σ log p / length^α.
             max_length: most characters (None and larger values: the model's ``max_seq_len``).
+            writer_profile: decode with a writer's adaptation (:meth:`adapt`), or its file.
 
         Returns:
             One ``Result`` per input, in order: ``text`` the characters, ``score`` the search score
@@ -171,19 +307,27 @@ class HandwritingRecognizer(Recognizer):
 
         Raises:
             InputError: an input cannot be used; the message names it.
+            ProfileError: the profile cannot be used with this model (:meth:`check_profile`).
         """
+        profile = None if writer_profile is None else self.check_profile(writer_profile)
         images = [self.load_input(x).pixels for x in inputs]
         options = search_options(max(beam_size, nbest), max(1, nbest), max_length=max_length,
                                  length_penalty=length_penalty, num_groups=num_groups,
                                  diversity_penalty=diversity_penalty)
-        order = sorted(range(len(images)), key=lambda i: images[i].shape[1] * images[i].shape[2])
-        results: list[Result | None] = [None] * len(images)
-        for first in range(0, len(order), self.max_batch):
-            chunk = order[first:first + self.max_batch]
-            memory = encode_images(self.model, [images[i].to(self.device) for i in chunk])
-            for i, hyps in zip(chunk, decode(self.model, memory, options), strict=True):
-                results[i] = self._result(hyps)
-        return results  # type: ignore[return-value]  (every slot is filled)
+
+        def search(feature_hook: FeatureHook | None) -> list[Result]:
+            order = sorted(range(len(images)), key=lambda i: images[i].shape[1] * images[i].shape[2])
+            results: list[Result | None] = [None] * len(images)
+            for first in range(0, len(order), self.max_batch):
+                chunk = order[first:first + self.max_batch]
+                memory = encode_images(self.model, [images[i].to(self.device) for i in chunk], feature_hook)
+                for i, hyps in zip(chunk, decode(self.model, memory, options), strict=True):
+                    results[i] = self._result(hyps)
+            return results  # type: ignore[return-value]  (every slot is filled)
+
+        if profile is None or not images:
+            return search(None)
+        return decode_adapted(self.model, self.adapter, profile, search)
 
     def _result(self, hyps: Sequence[Hypothesis]) -> Result:
         if not hyps:

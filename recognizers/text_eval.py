@@ -1,0 +1,205 @@
+"""``recognizers evaluate --task text``: the IAM-layout evaluation, with a writer profile, and the
+writer-adaptation protocol (interfaces.md; writer-htr.md §5, §9.1).
+
+* **plain** (:func:`evaluate_text`): every sample of the split, corpus-level CER and WER; with
+  ``--writer-profile`` every image is decoded with that writer's adaptation.
+* **protocol** (:func:`adaptation_protocol`, ``--adaptation-protocol``): per test writer with at least 2K
+  words, ``--permutations`` (10) fixed seeded permutations (``data.episodes.evaluation_splits``); in each
+  the first K = ``--shots`` (16) words adapt the model (:meth:`HandwritingRecognizer.adapt`, the model
+  file's method) and all the others are the query words. Two rows on identical query sets: "no
+  adaptation" (the model's own weights; with a MetaHTR model file that is §9.1's "meta-trained, no
+  inner step" control) and "adapted". CER and WER pool every query word of every split and writer
+  (micro-average, §9.1); ``split_digest`` fingerprints the query sets so runs can be shown to match.
+  ``--writers N`` keeps the first N writers by id and ``--limit N`` the first N query words of each split
+  (both rows alike), to keep a run short.
+
+Images go through the model's numeric pipeline as in training (``normalize_image``, no polarity guess).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .base import Recognizer
+
+__all__ = ["adaptation_protocol", "evaluate_text"]
+
+log = logging.getLogger(__name__)
+
+
+def _text_split(args: Any) -> Path | None:
+    """The split list to evaluate: ``--split``, else the corpus's Aachen test list if present, else None
+    (every sample)."""
+    if args.split:
+        return Path(args.split)
+    default = Path(args.data) / "splits" / "aachen" / "test.uttlist"
+    return default if default.is_file() else None
+
+
+def _dataset(args: Any, min_words: int):
+    from data.datasets.iam import IAMDataset, read_iam
+
+    corpus = read_iam(args.data)
+    level = args.level or ("words" if corpus.words else "lines")
+    split = _text_split(args)
+    dataset = IAMDataset(corpus, level=level, split="test" if split else None,
+                         split_files={"test": split} if split else None, split_kind=args.split_kind,
+                         min_words=min_words)
+    return corpus, dataset, level, split
+
+
+def _text_recognizer(args: Any, load_recognizer: Any) -> Recognizer:
+    from .batch import UsageError
+
+    rec = load_recognizer(args.model or "text", args.device)
+    if rec.task != "text":
+        raise UsageError(f"evaluate --task text: {args.model} is a {rec.task} model")
+    return rec
+
+
+def evaluate_text(args: Any, load_recognizer: Any) -> dict:
+    """IAM layout → corpus-level CER and WER of the decoded characters (writer-htr.md §9.1).
+
+    Samples are those of ``IAMDataset`` (lines with ``err`` segmentation dropped at word level, 0-byte
+    images skipped), without the writer filter: this scores the writer-independent base model (or, with
+    ``--writer-profile``, one writer's adaptation of it). Images are recognised in batches sorted by
+    bounding-box area.
+    """
+    from data.datasets.crohme import bucket_by_area
+    from data.handwriting import normalize_image
+    from recognizers.handwriting.recognizer import HandwritingImage
+    from training.metrics import cer, wer
+
+    from .batch import _timed
+
+    if getattr(args, "adaptation_protocol", False):
+        return adaptation_protocol(args, load_recognizer)
+    corpus, dataset, level, split = _dataset(args, 0)
+    count = min(len(dataset), args.limit or len(dataset))
+    rec = _text_recognizer(args, load_recognizer)
+    options: dict[str, Any] = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
+    if getattr(args, "writer_profile", None):
+        options["writer_profile"] = rec.check_profile(args.writer_profile)
+    records = corpus.words if level == "words" else corpus.lines
+    areas = [max(1, b.width) * max(1, b.height) for b in (records[s.id].box for s in dataset.samples[:count])]
+
+    def image(i: int) -> HandwritingImage:
+        return HandwritingImage(normalize_image(dataset[i][0], rec.preprocess))
+
+    refs, hyps, seconds = [""] * count, [""] * count, 0.0
+    rec.recognize([image(0)], **options)  # warm-up: allocator and kernels ready
+    for batch in bucket_by_area(areas, args.batch_size, max_area=2**62):
+        results, elapsed = _timed(rec, [image(i) for i in batch], options)
+        seconds += elapsed
+        for i, result in zip(batch, results, strict=True):
+            refs[i], hyps[i] = dataset.samples[i].text, result.text
+    report = {"task": "text", "model": str(args.model or rec.name), "n": count,
+              "metrics": {"cer": cer(refs, hyps).rate, "wer": wer(refs, hyps).rate},
+              "seconds": round(seconds, 3), "seconds_per_image": round(seconds / count, 4),
+              "beam_size": options.get("beam_size", 1), "level": level,
+              "split": str(split) if split else None}
+    if "writer_profile" in options:
+        profile = options["writer_profile"]
+        report["writer_profile"] = {"path": str(args.writer_profile), "method": profile.method,
+                                    "num_support": profile.num_support}
+    return report
+
+
+def _writer_words(dataset: Any, rec: Any, indices: list[int]) -> dict[int, Any]:
+    """Normalised images (with their grey originals, for Hinge codes) of one writer's words."""
+    from data.handwriting import normalize_image
+    from recognizers.handwriting.recognizer import HandwritingImage
+
+    words = {}
+    for i in indices:
+        pixels = dataset[i][0]
+        words[i] = HandwritingImage(normalize_image(pixels, rec.preprocess), grey=pixels.numpy())
+    return words
+
+
+def _support(rec: Any, words: dict, texts: list[str], indices: tuple[int, ...]) -> list[tuple[Any, str]]:
+    """The support pairs; characters the model cannot write are left out of the texts (logged), and a
+    word left empty is skipped."""
+    pairs = []
+    for i in indices:
+        unknown = rec.vocab.unknown(texts[i])
+        text = "".join(c for c in texts[i] if c not in unknown)
+        if unknown:
+            log.warning("support word %r: characters %s are not in the model's vocabulary", texts[i], unknown)
+        if text.strip():
+            pairs.append((words[i], text))
+    return pairs
+
+
+def _protocol_splits(args: Any) -> tuple[Any, list, str, Any, Any]:
+    """The evaluated test words, the fixed splits of the first ``--writers`` writers, their digest,
+    the level and the split list."""
+    from data.episodes import evaluation_splits, split_digest
+
+    from .batch import UsageError
+
+    _, dataset, level, split = _dataset(args, 2 * args.shots)
+    splits = evaluation_splits(dataset.ids, dataset.writers, shots=args.shots,
+                               num_permutations=args.permutations, seed=args.seed)
+    writers = sorted({s.writer for s in splits})[: args.writers]
+    splits = [s for s in splits if s.writer in writers]
+    if not splits:
+        raise UsageError(f"{args.data}: no writer with at least {2 * args.shots} {level} for the protocol")
+    return dataset, splits, split_digest(splits, dataset.ids), level, split
+
+
+def _protocol_writer(args: Any, rec: Any, dataset: Any, splits: list, rows: dict, options: dict) -> None:
+    """Adapt and decode every split of one writer; appends references and both rows' hypotheses."""
+    texts = [s.text for s in dataset.samples]
+    words = _writer_words(dataset, rec, sorted({i for s in splits for i in (*s.support, *s.query)}))
+    start = time.perf_counter()
+    own = dict(zip(words, rec.recognize(list(words.values()), **options), strict=True))
+    rows["seconds"] += time.perf_counter() - start
+    for s in splits:
+        query = list(s.query[: args.limit])
+        support = _support(rec, words, texts, s.support)
+        rows["skipped"] += len(s.support) - len(support)
+        start = time.perf_counter()
+        profile = rec.adapt(support, steps=args.steps)
+        rows["adapt_seconds"] += time.perf_counter() - start
+        results = rec.recognize([words[i] for i in query], writer_profile=profile, **options)
+        rows["seconds"] += time.perf_counter() - start
+        rows["refs"] += [texts[i] for i in query]
+        rows["plain"] += [own[i].text for i in query]
+        rows["adapted"] += [r.text for r in results]
+
+
+def adaptation_protocol(args: Any, load_recognizer: Any) -> dict:
+    """The writer-adaptation table of writer-htr.md §9.1 (module docstring). Returns the report.
+
+    Raises:
+        UsageError: no writer has enough words for the protocol.
+    """
+    from training.metrics import cer, wer
+
+    dataset, splits, digest, level, split = _protocol_splits(args)
+    writers = sorted({s.writer for s in splits})
+    print(f"adaptation protocol: {len(writers)} writers, {len(splits)} splits, split digest {digest}",
+          file=sys.stderr)
+    rec = _text_recognizer(args, load_recognizer)
+    options = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
+    rows: dict[str, Any] = {"refs": [], "plain": [], "adapted": [], "seconds": 0.0, "adapt_seconds": 0.0,
+                            "skipped": 0}
+    for writer in writers:
+        _protocol_writer(args, rec, dataset, [s for s in splits if s.writer == writer], rows, options)
+    refs = rows["refs"]
+    table = [{"row": name, "cer": cer(refs, rows[key]).rate, "wer": wer(refs, rows[key]).rate}
+             for name, key in (("no adaptation", "plain"), (f"adapted ({rec.adapter.method})", "adapted"))]
+    return {"task": "text", "model": str(args.model or rec.name), "protocol": "writer-adaptation",
+            "method": rec.adapter.method, "n": len(refs), "rows": table,
+            "metrics": {"cer": table[1]["cer"], "wer": table[1]["wer"], "cer_unadapted": table[0]["cer"],
+                        "wer_unadapted": table[0]["wer"]},
+            "writers": len(writers), "splits": len(splits), "shots": args.shots,
+            "permutations": args.permutations, "seed": args.seed, "split_digest": digest,
+            "support_words_skipped": rows["skipped"], "steps": args.steps, "level": level,
+            "split": str(split) if split else None, "beam_size": options.get("beam_size", 1),
+            "seconds": round(rows["seconds"], 3), "adapt_seconds": round(rows["adapt_seconds"], 3)}
