@@ -417,7 +417,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_preload:  # the first user should not wait for model loading
         for task, model in models.items():
             log.info("loading the %s model %s", task, model)
-            get_recognizer(model)
+            try:
+                get_recognizer(model)
+            except (ValueError, OSError) as exc:  # the tab still opens and answers with this message
+                log.error("the %s model cannot be loaded: %s", task, exc)
     limits = Limits(max_file_size=args.max_file_size, max_audio_seconds=args.max_audio_seconds,
                     queue_size=args.queue_size)
     demo = build_demo(models, limits)
