@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Bundle", "CheckpointError", "export_checkpoint", "read_bundle", "save_bundle"]
+__all__ = ["Bundle", "CheckpointError", "export_checkpoint", "load_weights", "read_bundle", "save_bundle"]
 
 FORMAT = "1"
 _PREFIX = "recognizers."
@@ -127,3 +127,18 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
         except CheckpointError as exc:
             raise CheckpointError(f"{ckpt}: {exc}") from exc
     return save_bundle(out, bundle)
+
+
+def load_weights(model: Any, state_dict: dict, what: str) -> None:
+    """Load ``state_dict`` into ``model``, every weight matching exactly.
+
+    Raises:
+        CheckpointError: shape mismatches, missing or unexpected weights (``what`` names the model).
+    """
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even with strict=False
+        raise CheckpointError(f"{what} weights do not match the config: {exc}") from exc
+    if missing or unexpected:
+        raise CheckpointError(f"{what} weights do not match the config: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")

@@ -43,7 +43,7 @@ from data.handwriting import CharVocabulary, HandwritingConfig, load_handwriting
 from data.images import ImageError, detect_polarity, load_image
 
 from ..base import InputError, Recognizer, Result
-from ..checkpoint import Bundle, CheckpointError
+from ..checkpoint import Bundle, CheckpointError, load_weights
 from ..decoding import Hypothesis
 from .adaptation import (
     CODES,
@@ -162,13 +162,7 @@ class HandwritingRecognizer(Recognizer):
                                   f"{cfg.vocab_size}")
         model = HTRModel(cfg)
         base = {k: v for k, v in bundle.state_dict.items() if not k.startswith((META, CODES))}
-        try:
-            missing, unexpected = model.load_state_dict(base, strict=False)
-        except RuntimeError as exc:  # shape mismatches raise even with strict=False
-            raise CheckpointError(f"handwriting weights do not match the config: {exc}") from exc
-        if missing or unexpected:
-            raise CheckpointError(f"handwriting weights do not match the config: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
+        load_weights(model, base, "handwriting")
         adapter = adapter_from_bundle(model, bundle.extras, bundle.state_dict)
         return cls(model, vocab, device, preprocess=_preprocess(bundle.extras.get("preprocess")),
                    adapter=adapter)

@@ -32,7 +32,7 @@ from data.latex import detokenize
 from data.vocab import SPECIAL_TOKENS, Vocabulary, crohme_vocab
 
 from ..base import InputError, Recognizer, Result
-from ..checkpoint import Bundle, CheckpointError
+from ..checkpoint import Bundle, CheckpointError, load_weights
 from .config import PosFormerConfig
 from .model import PosFormer
 from .search import RescoredHypothesis, bidirectional_search, encode_images, search_options
@@ -162,13 +162,7 @@ class PosFormerRecognizer(Recognizer):
             raise CheckpointError(f"PosFormer config (vocab_size {cfg.vocab_size}, special ids "
                                   f"{cfg.pad_id, cfg.sos_id, cfg.eos_id}) does not fit the CROHME vocabulary")
         model = PosFormer(cfg)
-        try:
-            missing, unexpected = model.load_state_dict(bundle.state_dict, strict=False)
-        except RuntimeError as exc:  # shape mismatches raise even with strict=False
-            raise CheckpointError(f"PosFormer weights do not match the config: {exc}") from exc
-        if missing or unexpected:
-            raise CheckpointError(f"PosFormer weights do not match the config: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
+        load_weights(model, bundle.state_dict, "PosFormer")
         return cls(model, vocab, device)
 
     def to_bundle(self) -> Bundle:

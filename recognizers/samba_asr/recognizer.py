@@ -18,7 +18,7 @@ from data.tokenizer import SentencePieceTokenizer
 
 from .. import decoding
 from ..base import InputError, Recognizer, Result, Word
-from ..checkpoint import Bundle, CheckpointError
+from ..checkpoint import Bundle, CheckpointError, load_weights
 from .config import SambaASRConfig
 from .model import SambaASR
 
@@ -88,13 +88,7 @@ class SambaASRRecognizer(Recognizer):
         if tokenizer.vocab_size != model.cfg.vocab_size:
             raise CheckpointError(f"Samba-ASR model file: its tokenizer has {tokenizer.vocab_size} pieces, "
                                   f"its config vocab_size is {model.cfg.vocab_size}")
-        try:
-            missing, unexpected = model.load_state_dict(bundle.state_dict, strict=False)
-        except RuntimeError as exc:  # shape mismatches raise even with strict=False
-            raise CheckpointError(f"Samba-ASR weights do not match the config: {exc}") from exc
-        if missing or unexpected:
-            raise CheckpointError(f"Samba-ASR weights do not match the config: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
+        load_weights(model, bundle.state_dict, "Samba-ASR")
         return cls(model, tokenizer, device)
 
     def load_input(self, source: Any) -> torch.Tensor:
