@@ -82,3 +82,27 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_corpus(tmp_path_factory):
+    """The tiny synthetic IAM-layout corpus (``recognizers synth text --preset tiny --seed 3``: 13 font
+    writers, 8 usable for training, 2 each for validation and test), made once per test session; tests
+    only read it. Skips (fails under CI=true) when the fonts or text sources are missing."""
+    from data.synth.hands import accepted_faces
+    from data.synth.math import MissingFontError, RendererError
+    from data.synth.sentences import SourceError, corpus_sentences
+    from data.synth.text import TextConfig, synthesize_text
+
+    try:
+        corpus_sentences()
+        if not all(accepted_faces().values()):
+            raise MissingFontError("a split has no usable handwriting font")
+    except (SourceError, MissingFontError, RendererError) as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    out = tmp_path_factory.mktemp("tiny-text") / "iam"
+    summary = synthesize_text(out, TextConfig(13, 3, "tiny"), jobs=1, progress=False)
+    assert not summary.failed
+    return out

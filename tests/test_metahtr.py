@@ -35,7 +35,6 @@ from recognizers.handwriting.metahtr import (
 )
 from recognizers.handwriting.metahtr_profile import MetaHTRProfile
 from recognizers.handwriting.search import decode, encode_images
-from tests.conftest import IN_CI
 from tests.handwriting_fixtures import TEXTS, tiny_model, tiny_vocab, word_pixels
 from tests.iam_fixtures import write_iam_tree
 from training.metahtr_data import EpisodeDataModule, WriterSplits
@@ -270,20 +269,9 @@ def test_inner_loop_refuses_disabled_gradients():
 
 
 @pytest.fixture(scope="module")
-def synth_corpus(tmp_path_factory) -> Path:
-    """The tiny synthetic IAM-layout preset (``recognizers synth text --preset tiny --seed 3``)."""
-    from data.synth.math import MissingFontError, RendererError
-    from data.synth.sentences import SourceError
-    from data.synth.text import TextConfig, synthesize_text
-
-    out = tmp_path_factory.mktemp("synth-text") / "iam"
-    try:
-        synthesize_text(out, TextConfig(13, 3, "tiny"), jobs=1, progress=False)
-    except (SourceError, MissingFontError, RendererError) as exc:
-        if IN_CI:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    return out
+def synth_corpus(tiny_text_corpus) -> Path:
+    """The tiny synthetic IAM-layout corpus of the session (tests/conftest.py)."""
+    return tiny_text_corpus
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from data.augment import RECIPES, HandwritingAugment, paper_level
 from data.handwriting import BACKGROUND, CharVocabulary
-from tests.conftest import IN_CI
 from tests.handwriting_fixtures import word_pixels
 from training.htr_data import HandwritingDataModule, collate_handwriting
 from training.htr_module import LEARNING_RATES, HTRModule
@@ -30,21 +29,9 @@ TINY = str(CONFIGS / "htr_tiny.yaml")
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """The tiny synthetic IAM-layout corpus (13 writers, ~630 words, Aachen-style splits)."""
-    from data.synth.math import MissingFontError, RendererError
-    from data.synth.sentences import SourceError
-    from data.synth.text import TextConfig, synthesize_text
-
-    out = tmp_path_factory.mktemp("htr") / "iam"
-    try:
-        summary = synthesize_text(out, TextConfig(13, 5, "tiny"), jobs=1, progress=False)
-    except (SourceError, MissingFontError, RendererError) as exc:
-        if IN_CI:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    assert not summary.failed
-    return out
+def corpus(tiny_text_corpus) -> Path:
+    """The tiny synthetic IAM-layout corpus of the session (tests/conftest.py)."""
+    return tiny_text_corpus
 
 
 def _fit_args(corpus: Path, root: Path, *extra: str) -> list[str]:

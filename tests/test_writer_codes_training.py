@@ -14,33 +14,17 @@ import torch
 import training.writer_codes_data as wcd
 from data.handwriting import CharVocabulary
 from data.hinge import HingeConfig, writer_hinge
-from data.synth.hands import accepted_faces
-from data.synth.math import MissingFontError, RendererError
-from data.synth.sentences import SourceError, corpus_sentences
-from data.synth.text import TextConfig, synthesize_text
 from recognizers.checkpoint import read_bundle, save_bundle
 from recognizers.handwriting.recognizer import HandwritingRecognizer
-from tests.conftest import IN_CI
 from tests.handwriting_fixtures import tiny_model
 
 TINY_YAML = "training/configs/writer_codes_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """The tiny synthetic preset (13 writers: 8 usable for training, 2 for validation), made in-process."""
-    try:
-        corpus_sentences()
-        if not all(accepted_faces().values()):
-            raise MissingFontError("a split has no usable font")
-    except (SourceError, MissingFontError, RendererError) as exc:
-        if IN_CI:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    out = tmp_path_factory.mktemp("writer-codes") / "iam"
-    summary = synthesize_text(out, TextConfig(13, 3, "tiny"), jobs=1, progress=False)
-    assert not summary.failed
-    return out
+def corpus(tiny_text_corpus) -> Path:
+    """The tiny synthetic IAM-layout corpus of the session (tests/conftest.py)."""
+    return tiny_text_corpus
 
 
 @pytest.fixture(scope="module")

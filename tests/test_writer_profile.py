@@ -28,7 +28,6 @@ from recognizers.handwriting.metahtr import WordBatch, decode_with, forward_with
 from recognizers.handwriting.profile import ProfileError, WriterProfile, vocab_digest
 from recognizers.handwriting.recognizer import HandwritingRecognizer
 from recognizers.samples import SamplesError, pair_uploads, read_samples
-from tests.conftest import IN_CI
 from tests.handwriting_fixtures import tiny_model, tiny_vocab, word_pixels, write_words
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -282,21 +281,9 @@ def test_samples_from_a_labels_file_and_uploads(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """``recognizers synth text --preset tiny --seed 3``: 13 writers, 2 test writers of about 50 words."""
-    from data.synth.math import MissingFontError, RendererError
-    from data.synth.sentences import SourceError
-    from data.synth.text import TextConfig, synthesize_text
-
-    out = tmp_path_factory.mktemp("adapt") / "iam"
-    try:
-        summary = synthesize_text(out, TextConfig(13, 3, "tiny"), jobs=1, progress=False)
-    except (SourceError, MissingFontError, RendererError) as exc:
-        if IN_CI:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    assert not summary.failed
-    return out
+def corpus(tiny_text_corpus) -> Path:
+    """The tiny synthetic IAM-layout corpus of the session (tests/conftest.py)."""
+    return tiny_text_corpus
 
 
 @pytest.fixture(scope="module")
