@@ -260,6 +260,29 @@ def test_fit_resumes_from_a_checkpoint(corpus, tmp_path, single_thread):
     assert _steps(root)["last.ckpt"] == 4
 
 
+def test_a_new_run_overwrites_last_ckpt_instead_of_versioning_it(corpus, tmp_path, single_thread):
+    """Lightning names a checkpoint ``last-v1.ckpt`` when ``last.ckpt`` exists from another run; the
+    documented resume command reads ``last.ckpt``, so every recipe turns that versioning off."""
+    from recognizers.cli import main
+
+    root = tmp_path / "run"
+    assert main(_fit_args(corpus, root, "--trainer.max_steps", "2")) == 0
+    written = (root / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    assert main(_fit_args(corpus, root, "--trainer.max_steps", "2")) == 0  # a fresh run, same folder
+    assert not any(name.startswith("last-v") for name in _steps(root))
+    assert (root / "checkpoints" / "last.ckpt").stat().st_mtime_ns > written
+
+
+def test_every_recipe_keeps_one_last_ckpt():
+    import yaml
+
+    for recipe in sorted((ROOT / "training" / "configs").glob("*.yaml")):
+        callbacks = (yaml.safe_load(recipe.read_text())["trainer"] or {}).get("callbacks") or []
+        for cb in callbacks:
+            if cb.get("init_args", {}).get("filename") == "last":
+                assert cb["init_args"].get("enable_version_counter") is False, recipe.name
+
+
 def test_evaluate_text_prints_cer_and_wer(trained, corpus, capsys, single_thread):
     from recognizers.cli import main
 
