@@ -368,3 +368,20 @@ def test_the_iam_reader_recovers_the_generator_metadata(corpus):
                 assert tuple(record.box) == tuple(word["box"])
                 cmps = [tuple(c) for c in word["cmps"]]
                 assert [tuple(b) for b in xml_words[word["id"]].components] == cmps
+
+
+def test_a_mark_the_warp_fades_out_is_drawn_unwarped(monkeypatch):
+    """A hairline '"' of a thin face can fade below the ink level in the bilinear warp; the word is then
+    drawn without the warp instead of failing its whole form."""
+    from PIL import Image as PILImage
+
+    from data.synth import handwriting
+
+    _require_sources()
+    (_, path), *_ = hands.accepted_faces()["train"]
+    style = hands.draw_style(np.random.default_rng(0))
+    faded = lambda canvas, baseline, *args, **kwargs: (PILImage.new("L", canvas.size, 0), baseline)  # noqa: E731
+    monkeypatch.setattr(handwriting, "_warp", faded)
+    ink = handwriting.render_word('"', path, style, np.random.default_rng(1))
+    assert ink.ink.max() > handwriting.INK_LEVEL
+    assert ink.components

@@ -181,6 +181,10 @@ def render_word(text: str, path: str, style: WriterStyle, rng: np.random.Generat
                              thin=_dilation(path, style.pen, style.x_height) < 0)
     ink = np.asarray(canvas, dtype=np.float32) / 255.0
     rows, cols = np.nonzero(ink > INK_LEVEL)
+    if rows.size == 0:  # hairline marks ('"' of a thin face) can fade below INK_LEVEL in the warp
+        canvas, baseline = _draw(text, path, style, rng, struck)
+        ink = np.asarray(canvas, dtype=np.float32) / 255.0
+        rows, cols = np.nonzero(ink > INK_LEVEL)
     if rows.size == 0:
         raise ValueError(f"nothing drawn for {text!r}")
     y0, x0 = rows.min(), cols.min()
