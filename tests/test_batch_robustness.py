@@ -244,8 +244,12 @@ def _start_and_interrupt(args: tuple, out_dir: Path, sig: int) -> tuple[int, str
     """Run ``python -m recognizers transcribe ARGS``, send ``sig`` once its first output exists; returns
     (exit status, stderr)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # A shell starts background jobs with SIGINT ignored, and exec keeps an ignored signal ignored (Python
+    # then never installs its KeyboardInterrupt handler): give the child the default disposition, as an
+    # interactive terminal would, whatever launched the test run.
     proc = subprocess.Popen([sys.executable, "-m", "recognizers", *_command(*args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300  # start-up (torch import, model load) on a busy machine
         while not any(out_dir.rglob("*.jsonl")):
