@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -32,7 +31,15 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from .images import MAX_INPUT_PIXELS, ImageError, ImageSource, detect_polarity, load_image, otsu_threshold
+from .images import (
+    MAX_INPUT_PIXELS,
+    ImageError,
+    ImageSource,
+    describe_source,
+    detect_polarity,
+    load_image,
+    otsu_threshold,
+)
 from .vocab import SPECIAL_TOKENS, VocabularyError
 
 __all__ = [
@@ -111,17 +118,6 @@ def normalize_image(pixels: np.ndarray | Tensor | Image.Image,
     return ((grey - config.mean) / config.std).unsqueeze(0)  # (1, H', W')
 
 
-def _name(source: ImageSource) -> str:
-    """How messages name an input: its path, else its kind and size."""
-    if isinstance(source, str | Path):
-        return str(source)
-    if isinstance(source, bytes):
-        return f"<{len(source)} bytes>"
-    if isinstance(source, Image.Image):
-        return f"<image {source.width}x{source.height} {source.mode}>"
-    return f"<array of shape {tuple(source.shape)}>"
-
-
 def _check_contrast(pixels: np.ndarray, name: str, min_contrast: int) -> None:
     """Refuse blank images: one grey level, or ink and paper closer than ``min_contrast`` levels."""
     threshold = otsu_threshold(pixels)
@@ -144,7 +140,7 @@ def load_handwriting(source: ImageSource, config: HandwritingConfig = _DEFAULT) 
     Raises:
         ImageError: missing, unreadable, empty or blank input; the message names it.
     """
-    name = _name(source)
+    name = describe_source(source)
     image = load_image(source, max_pixels=config.max_pixels)
     pixels = np.asarray(image, dtype=np.uint8)
     _check_contrast(pixels, name, config.min_contrast)

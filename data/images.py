@@ -40,6 +40,7 @@ __all__ = [
     "ImageSource",
     "Polarity",
     "PreprocessConfig",
+    "describe_source",
     "detect_polarity",
     "image_to_tensor",
     "load_image",
@@ -64,7 +65,8 @@ class ImageError(ValueError):
     """An input that cannot be used as a formula image; the message names the input and the problem."""
 
 
-def _describe(source: ImageSource) -> str:
+def describe_source(source: ImageSource) -> str:
+    """How messages name an input: its path, else its kind and size."""
     if isinstance(source, str | Path):
         return str(source)
     if isinstance(source, bytes):
@@ -146,7 +148,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_INPUT_PIXELS) -> Im
         ImageError: missing, unreadable or undecodable input, or more pixels than ``max_pixels``;
             the message names the file.
     """
-    name = _describe(source)
+    name = describe_source(source)
     image = _open(source, name, max_pixels)
     if image.width * image.height > max_pixels:
         raise ImageError(f"{name}: {image.width}x{image.height} px is more than the {max_pixels:,} px limit")
@@ -304,7 +306,7 @@ def preprocess_image(source: ImageSource, config: PreprocessConfig | None = None
         ImageError: unreadable input, too many pixels, or a blank image; the message names the input.
     """
     config = config or PreprocessConfig()
-    name = _describe(source)
+    name = describe_source(source)
     image = to_white_on_black(load_image(source, max_pixels=config.max_pixels), config.polarity)
     pixels = _stretch(np.asarray(image, dtype=np.uint8), name, config.min_contrast)
     rows, cols = np.nonzero(pixels > 127)
