@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["InputError", "Recognizer", "Result", "Word"]
+__all__ = ["InputError", "Recognizer", "Result", "Word", "check_vocab_fits"]
 
 
 class InputError(ValueError):
@@ -67,3 +67,15 @@ class Recognizer(ABC):
         Raises:
             InputError: an input cannot be used (the batch runner then isolates it).
         """
+
+
+def check_vocab_fits(vocab: Any, cfg: Any) -> None:
+    """Refuse a vocabulary whose size or special ids (pad, sos, eos) differ from a model config's.
+
+    Raises:
+        ValueError: naming both sides.
+    """
+    if len(vocab) != cfg.vocab_size or (cfg.pad_id, cfg.sos_id, cfg.eos_id) != (
+            vocab.pad_id, vocab.sos_id, vocab.eos_id):
+        raise ValueError(f"vocabulary ({len(vocab)} classes) and model config (vocab_size "
+                         f"{cfg.vocab_size}, special ids {cfg.pad_id, cfg.sos_id, cfg.eos_id}) disagree")

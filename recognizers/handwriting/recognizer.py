@@ -42,7 +42,7 @@ from torch import Tensor
 from data.handwriting import CharVocabulary, HandwritingConfig, load_handwriting
 from data.images import ImageError, detect_polarity, load_image
 
-from ..base import InputError, Recognizer, Result
+from ..base import InputError, Recognizer, Result, check_vocab_fits
 from ..checkpoint import Bundle, CheckpointError, load_weights
 from ..decoding import Hypothesis
 from .adaptation import (
@@ -125,11 +125,7 @@ class HandwritingRecognizer(Recognizer):
     def __init__(self, model: HTRModel, vocab: CharVocabulary, device: torch.device | str = "cpu",
                  max_batch: int = 32, preprocess: HandwritingConfig | None = None,
                  adapter: Adapter | None = None) -> None:
-        cfg = model.cfg
-        if len(vocab) != cfg.vocab_size or (cfg.pad_id, cfg.sos_id, cfg.eos_id) != (
-                vocab.pad_id, vocab.sos_id, vocab.eos_id):
-            raise ValueError(f"vocabulary ({len(vocab)} classes) and model config (vocab_size "
-                             f"{cfg.vocab_size}, special ids {cfg.pad_id, cfg.sos_id, cfg.eos_id}) disagree")
+        check_vocab_fits(vocab, model.cfg)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.device = torch.device(device)

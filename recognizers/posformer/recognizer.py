@@ -31,7 +31,7 @@ from data.images import ImageError, PreprocessConfig, preprocess_image
 from data.latex import detokenize
 from data.vocab import SPECIAL_TOKENS, Vocabulary, crohme_vocab
 
-from ..base import InputError, Recognizer, Result
+from ..base import InputError, Recognizer, Result, check_vocab_fits
 from ..checkpoint import Bundle, CheckpointError, load_weights
 from .config import PosFormerConfig
 from .model import PosFormer
@@ -122,11 +122,7 @@ class PosFormerRecognizer(Recognizer):
     def __init__(self, model: PosFormer, vocab: Vocabulary | None = None, device: torch.device | str = "cpu",
                  max_batch: int = 16, preprocess: PreprocessConfig | None = None) -> None:
         vocab = vocab or crohme_vocab()
-        cfg = model.cfg
-        if len(vocab) != cfg.vocab_size or (cfg.pad_id, cfg.sos_id, cfg.eos_id) != (
-                vocab.pad_id, vocab.sos_id, vocab.eos_id):
-            raise ValueError(f"vocabulary ({len(vocab)} classes) and model config (vocab_size "
-                             f"{cfg.vocab_size}, special ids {cfg.pad_id, cfg.sos_id, cfg.eos_id}) disagree")
+        check_vocab_fits(vocab, model.cfg)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.device = torch.device(device)
