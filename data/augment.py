@@ -48,7 +48,10 @@ __all__ = ["RECIPES", "HandwritingAugment", "paper_level"]
 
 Recipe = Literal["thesis", "full"]
 RECIPES: tuple[str, ...] = ("thesis", "full")
-_MIN_SIDE = 4  # px; smaller images (a lone dot) are returned as they are: geometry on them is noise
+# px; smaller images (a lone dot, a comma) are returned as they are: geometry on them is noise, and
+# GridDistortion divides each side into 5 cells, so a side must stay >= 5 px after RandomScale's 0.9
+# (albumentations 2.0.8 divides by zero below that)
+_MIN_SIDE = 8
 
 
 def paper_level(pixels: np.ndarray) -> int:

@@ -89,6 +89,20 @@ def test_augmentation_is_deterministic_per_seed_and_keeps_grey_uint8(recipe):
     assert paper_level(pixels) == pytest.approx(235, abs=6)
 
 
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_augmentation_of_tiny_images_never_fails(recipe):
+    """Punctuation words can be a few pixels wide; every size must pass through (or be left alone)."""
+    augment = HandwritingAugment(recipe)
+    rng = np.random.default_rng(0)
+    for height in range(1, 15):
+        for width in range(1, 15):
+            pixels = np.full((height, width), 230, np.uint8)
+            pixels[rng.random((height, width)) < 0.3] = 20
+            for seed in range(12):
+                out = augment(pixels, seed=(seed, height, width))
+                assert out.ndim == 2 and out.dtype == np.uint8 and min(out.shape) >= 1
+
+
 def test_albumentations_1x_arguments_fail_the_tests():
     """platform.md §11: 2.x ignores renamed arguments with a UserWarning; pyproject makes it an error."""
     import albumentations as A
