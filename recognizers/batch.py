@@ -242,6 +242,18 @@ def _emit(record: dict, args: Any, target: Path | None, json_records: list) -> i
     return 0 if record["error"] is None else 1
 
 
+def spread_indices(total: int, limit: int | None) -> list[int]:
+    """``limit`` indices spread evenly over ``range(total)``, all of them without a limit.
+
+    ``evaluate --limit`` uses it: corpora are stored speaker by speaker (writer by writer), so the first
+    N items would score one or two speakers; evenly spaced items keep every one represented, and the
+    same arguments always pick the same items.
+    """
+    if not limit or limit >= total:
+        return list(range(total))
+    return [i * total // limit for i in range(limit)]
+
+
 def _timed(rec: Recognizer, inputs: list, options: dict) -> tuple[list, float]:
     """``rec.recognize(inputs)`` and its wall time, the GPU synchronised before each clock reading
     (kernels run asynchronously) so the time covers all the work."""
@@ -280,8 +292,7 @@ def _evaluate_speech(args: Any, load_recognizer: Any) -> dict:
     from training.metrics import cer, normalize_transcript, wer
 
     utts = scan_librispeech(args.data)
-    if args.limit:
-        utts = utts[: args.limit]
+    utts = [utts[i] for i in spread_indices(len(utts), args.limit)]
     rec = load_recognizer(args.model or "speech", args.device)
     options = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
     refs, hyps, seconds, audio = [], [], 0.0, 0.0
@@ -320,16 +331,17 @@ def _evaluate_math(args: Any, load_recognizer: Any) -> dict:
     from training.metrics import expression_rate
 
     dataset = CrohmeDataset(args.data)
-    count = min(len(dataset), args.limit or len(dataset))
+    chosen = spread_indices(len(dataset), args.limit)
+    count = len(chosen)
     rec = load_recognizer(args.model or "math", args.device)
     options = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
     refs, hyps, seconds = [None] * count, [None] * count, 0.0
     rec.recognize([MathImage(dataset[0][0])], **options)  # warm-up: allocator and kernels ready
-    for batch in bucket_by_area(dataset.areas[:count], args.batch_size):
-        results, elapsed = _timed(rec, [MathImage(dataset[i][0]) for i in batch], options)
+    for batch in bucket_by_area([dataset.areas[i] for i in chosen], args.batch_size):
+        results, elapsed = _timed(rec, [MathImage(dataset[chosen[j]][0]) for j in batch], options)
         seconds += elapsed
-        for i, result in zip(batch, results, strict=True):
-            refs[i], hyps[i] = _reference_tokens(dataset.samples[i].tokens), result.text.split()
+        for j, result in zip(batch, results, strict=True):
+            refs[j], hyps[j] = _reference_tokens(dataset.samples[chosen[j]].tokens), result.text.split()
     rates = expression_rate(refs, hyps)
     return {"task": "math", "model": str(args.model or rec.name), "n": count,
             "metrics": {"exprate": rates.exprate, "le1": rates.le1, "le2": rates.le2, "le3": rates.le3},

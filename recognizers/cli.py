@@ -78,7 +78,8 @@ def _add_evaluate_parser(subparsers) -> None:
     e.add_argument("--data", required=True, help="corpus root (speech: a LibriSpeech split folder; "
                    "math: a CROHME folder with caption.txt and img/, or a .zip of one; text: an IAM-layout "
                    "folder with ascii/ and words/ or lines/)")
-    e.add_argument("--limit", type=_positive, default=None, help="only the first N items")
+    e.add_argument("--limit", type=_positive, default=None,
+                   help="only N items, spread evenly over the set (every speaker or writer represented)")
     e.add_argument("--level", choices=("words", "lines"), default=None,
                    help="text: word or line images (default: words if ascii/words.txt exists)")
     e.add_argument("--split", default=None, help="text: the split list to score (default: "

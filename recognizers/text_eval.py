@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .base import Recognizer
 
-__all__ = ["adaptation_protocol", "evaluate_text"]
+__all__ = ["adaptation_protocol", "decode_samples", "evaluate_text", "text_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,13 @@ def _text_split(args: Any) -> Path | None:
     return default if default.is_file() else None
 
 
-def _dataset(args: Any, min_words: int):
+def text_dataset(args: Any, min_words: int) -> tuple[Any, Any, str, Path | None]:
+    """The samples ``evaluate --task text`` scores: ``(corpus, IAMDataset, level, split file or None)``.
+
+    Args:
+        args: the parsed ``evaluate`` options (``data``, ``level``, ``split``, ``split_kind``).
+        min_words: writers with fewer words are left out (0 keeps every writer).
+    """
     from data.datasets.iam import IAMDataset, read_iam
 
     corpus = read_iam(args.data)
@@ -61,42 +68,62 @@ def _text_recognizer(args: Any, load_recognizer: Any) -> Recognizer:
     return rec
 
 
+def decode_samples(rec: Any, dataset: Any, indices: Sequence[int], batch_size: int,
+                   options: dict) -> tuple[list[str], list[str], float]:
+    """Recognise the samples ``indices`` of an ``IAMDataset`` as ``evaluate --task text`` does.
+
+    Images go through the model's numeric pipeline (``normalize_image``) in batches sorted by
+    bounding-box area, after one untimed warm-up image.
+
+    Returns:
+        The references and hypotheses, in the order of ``indices``, and the seconds spent in
+        ``recognize`` (not in file decoding).
+    """
+    from data.datasets.crohme import bucket_by_area
+    from data.handwriting import normalize_image
+    from recognizers.handwriting.recognizer import HandwritingImage
+
+    from .batch import _timed
+
+    records = dataset.corpus.words if dataset.level == "words" else dataset.corpus.lines
+    boxes = [records[dataset.samples[i].id].box for i in indices]
+    areas = [max(1, b.width) * max(1, b.height) for b in boxes]
+
+    def image(i: int) -> HandwritingImage:
+        return HandwritingImage(normalize_image(dataset[i][0], rec.preprocess))
+
+    refs, hyps, seconds = [""] * len(indices), [""] * len(indices), 0.0
+    rec.recognize([image(indices[0])], **options)  # warm-up: allocator and kernels ready
+    for batch in bucket_by_area(areas, batch_size, max_area=2**62):
+        results, elapsed = _timed(rec, [image(indices[j]) for j in batch], options)
+        seconds += elapsed
+        for j, result in zip(batch, results, strict=True):
+            refs[j], hyps[j] = dataset.samples[indices[j]].text, result.text
+    return refs, hyps, seconds
+
+
 def evaluate_text(args: Any, load_recognizer: Any) -> dict:
     """IAM layout → corpus-level CER and WER of the decoded characters (writer-htr.md §9.1).
 
     Samples are those of ``IAMDataset`` (lines with ``err`` segmentation dropped at word level, 0-byte
     images skipped), without the writer filter: this scores the writer-independent base model (or, with
     ``--writer-profile``, one writer's adaptation of it). Images are recognised in batches sorted by
-    bounding-box area.
+    bounding-box area (:func:`decode_samples`).
     """
-    from data.datasets.crohme import bucket_by_area
-    from data.handwriting import normalize_image
-    from recognizers.handwriting.recognizer import HandwritingImage
     from training.metrics import cer, wer
-
-    from .batch import _timed
 
     if getattr(args, "adaptation_protocol", False):
         return adaptation_protocol(args, load_recognizer)
-    corpus, dataset, level, split = _dataset(args, 0)
-    count = min(len(dataset), args.limit or len(dataset))
+    from .batch import spread_indices
+
+    _, dataset, level, split = text_dataset(args, 0)
+    chosen = spread_indices(len(dataset), args.limit)
+    count = len(chosen)
     rec = _text_recognizer(args, load_recognizer)
     options: dict[str, Any] = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
     if getattr(args, "writer_profile", None):
         options["writer_profile"] = rec.check_profile(args.writer_profile)
-    records = corpus.words if level == "words" else corpus.lines
-    areas = [max(1, b.width) * max(1, b.height) for b in (records[s.id].box for s in dataset.samples[:count])]
-
-    def image(i: int) -> HandwritingImage:
-        return HandwritingImage(normalize_image(dataset[i][0], rec.preprocess))
-
-    refs, hyps, seconds = [""] * count, [""] * count, 0.0
-    rec.recognize([image(0)], **options)  # warm-up: allocator and kernels ready
-    for batch in bucket_by_area(areas, args.batch_size, max_area=2**62):
-        results, elapsed = _timed(rec, [image(i) for i in batch], options)
-        seconds += elapsed
-        for i, result in zip(batch, results, strict=True):
-            refs[i], hyps[i] = dataset.samples[i].text, result.text
+    refs, hyps, seconds = decode_samples(rec, dataset, chosen, args.batch_size, options)
     report = {"task": "text", "model": str(args.model or rec.name), "n": count,
               "metrics": {"cer": cer(refs, hyps).rate, "wer": wer(refs, hyps).rate},
               "seconds": round(seconds, 3), "seconds_per_image": round(seconds / count, 4),
@@ -142,7 +169,7 @@ def _protocol_splits(args: Any) -> tuple[Any, list, str, Any, Any]:
 
     from .batch import UsageError
 
-    _, dataset, level, split = _dataset(args, 2 * args.shots)
+    _, dataset, level, split = text_dataset(args, 2 * args.shots)
     splits = evaluation_splits(dataset.ids, dataset.writers, shots=args.shots,
                                num_permutations=args.permutations, seed=args.seed)
     writers = sorted({s.writer for s in splits})[: args.writers]

@@ -100,7 +100,8 @@ def test_augmentation_of_tiny_images_never_fails(recipe):
             pixels[rng.random((height, width)) < 0.3] = 20
             for seed in range(12):
                 out = augment(pixels, seed=(seed, height, width))
-                assert out.ndim == 2 and out.dtype == np.uint8 and min(out.shape) >= 1
+                assert (out.ndim, out.dtype) == (2, np.uint8)
+                assert min(out.shape) >= 1
 
 
 def test_albumentations_1x_arguments_fail_the_tests():
