@@ -4,6 +4,7 @@ the step/reorder contract of recognizers.decoding."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import replace
@@ -464,3 +465,46 @@ def test_training_step_backward():
         assert torch.isfinite(p.grad).all(), name
     assert model.decoder.stack.arm.conv.weight.grad.abs().sum() > 0
     assert model.position_decoder.stack.arm.conv.weight.grad.abs().sum() > 0
+
+
+def _gathered_batch_norm(bn: torch.nn.BatchNorm1d, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """The definition: BatchNorm1d over the valid pixels gathered as (P, K) rows, padding 0."""
+    rows = x.permute(0, 2, 3, 1)  # (M, h, w, K)
+    out = rows.new_zeros(rows.shape)
+    out[~pad] = bn(rows[~pad])
+    return out.permute(0, 3, 1, 2)
+
+
+def test_masked_batch_norm_equals_batch_norm_over_the_valid_pixels():
+    from recognizers.posformer.arm import MaskedBatchNorm
+
+    torch.manual_seed(0)
+    norm = MaskedBatchNorm(4)
+    with torch.no_grad():
+        norm.bn.weight.uniform_(0.5, 1.5)
+        norm.bn.bias.uniform_(-0.5, 0.5)
+    reference = copy.deepcopy(norm.bn)
+    for step in range(3):  # training: outputs, gradients and running statistics
+        x = (torch.randn(5, 4, 3, 7) * 2 + 1).requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        pad = torch.rand(5, 3, 7) < 0.3
+        pad[step] = True  # one image all padding
+        out, expected = norm(x, pad), _gathered_batch_norm(reference, x_ref, pad)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        expected.backward(grad)
+        torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+        for name in ("weight", "bias"):
+            torch.testing.assert_close(getattr(norm.bn, name).grad, getattr(reference, name).grad)
+        torch.testing.assert_close(norm.bn.running_mean, reference.running_mean)
+        torch.testing.assert_close(norm.bn.running_var, reference.running_var)
+    assert int(norm.bn.num_batches_tracked) == int(reference.num_batches_tracked) == 3
+    norm.eval()
+    reference.eval()
+    x, pad = torch.randn(2, 4, 3, 7), torch.rand(2, 3, 7) < 0.5
+    torch.testing.assert_close(norm(x, pad), _gathered_batch_norm(reference, x, pad))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 input: float32 statistics, bf16 out
+        low = norm(x.bfloat16(), pad)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), _gathered_batch_norm(reference, x, pad), atol=0.05, rtol=0.02)

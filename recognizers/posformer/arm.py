@@ -110,12 +110,29 @@ class MaskedBatchNorm(nn.Module):
         self.bn = nn.BatchNorm1d(channels)
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
-        """Args: x `(M, K, h, w)`, pad `(M, h, w)` bool. Returns: `(M, K, h, w)`."""
-        x = x.permute(0, 2, 3, 1)  # (M, h, w, K)
-        valid = ~pad
-        out = x.new_zeros(x.shape)
-        out[valid] = self.bn(x[valid])  # (P, K): statistics over valid pixels only
-        return out.permute(0, 3, 1, 2)  # (M, K, h, w)
+        """Args: x `(M, K, h, w)`, pad `(M, h, w)` bool. Returns: `(M, K, h, w)`.
+
+        The same numbers as ``self.bn`` applied to the valid pixels gathered as `(P, K)` rows, but
+        computed with masked sums: gathering by a boolean mask needs the count P on the host, a device
+        sync per call, which stalled GPU training (benchmarks/RESULTS.md, PosFormer on a GPU).
+        """
+        bn, dtype = self.bn, x.dtype
+        x = x.float()  # statistics in float32, as autocast runs batch norm
+        keep = (~pad)[:, None].to(x.dtype)  # (M, 1, h, w)
+        if bn.training:
+            count = keep.sum()  # P
+            mean = (x * keep).sum((0, 2, 3)) / count.clamp(min=1)  # (K,)
+            var = ((x - mean[:, None, None]) ** 2 * keep).sum((0, 2, 3)) / count.clamp(min=1)  # biased
+            with torch.no_grad():  # BatchNorm1d's running statistics: momentum, unbiased variance
+                bn.num_batches_tracked += 1
+                m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                bn.running_mean.mul_(1 - m).add_(m * mean.detach())
+                bn.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1).clamp(min=1))
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        scale = bn.weight * torch.rsqrt(var + bn.eps)  # (K,)
+        out = (x - mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None]
+        return (out * keep).to(dtype)  # padded pixels are 0
 
 
 class AttentionRefinement(nn.Module):
