@@ -25,6 +25,7 @@ __all__ = [
     "KVCache",
     "MultiHeadAttention",
     "PositionalEncoding1d",
+    "reindex_sources",
     "sinusoidal_encoding_2d",
     "sinusoidal_table",
 ]
@@ -54,6 +55,25 @@ class KVCache:
     def index_select(self, index: Tensor) -> KVCache:
         """Select or duplicate rows. Args: index `(N',)` long."""
         return KVCache(self.key.index_select(0, index), self.value.index_select(0, index))
+
+
+def reindex_sources(source: Tensor, index: Tensor) -> tuple[Tensor, bool]:
+    """The source ids of decoding rows after ``index_select(0, index)``, and whether every row kept its own.
+
+    Rows that share a source (an image, an utterance) hold identical copies of its memory keys/values and
+    mask, since all of them are gathered from one row per source. A beam-search reorder only reshuffles
+    hypotheses within each input, so when the row count is unchanged and each row keeps its source, those
+    copies need not be gathered again: about a third of a cached decoding step was that copy.
+
+    Args:
+        source: `(N,)` long, the source of each row.
+        index: `(N',)` long, the rows to select or duplicate.
+
+    Returns:
+        `(N',)` sources of the new rows, and True when ``N' == N`` and every row kept its source.
+    """
+    new = source.index_select(0, index)
+    return new, new.shape == source.shape and bool(torch.equal(new, source))
 
 
 class MultiHeadAttention(nn.Module):

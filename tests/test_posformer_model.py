@@ -508,3 +508,24 @@ def test_masked_batch_norm_equals_batch_norm_over_the_valid_pixels():
         low = norm(x.bfloat16(), pad)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), _gathered_batch_norm(reference, x, pad), atol=0.05, rtol=0.02)
+
+
+def test_reorder_within_each_image_keeps_the_memory_without_a_copy():
+    from recognizers.layers import reindex_sources
+    from tests.math_fixtures import tiny_posformer
+
+    model = tiny_posformer().eval()
+    memory, mask = model.encode(torch.rand(2, 1, 32, 64), torch.zeros(2, 32, 64, dtype=torch.bool))
+    state = model.init_state(memory, mask, "l2r")
+    expanded = state.index_select(torch.tensor([0, 0, 0, 1, 1, 1]))  # 1 -> 3 rows per image: gathered
+    assert expanded.source.tolist() == [0, 0, 0, 1, 1, 1]
+    assert expanded.layers[0].memory_kv is not state.layers[0].memory_kv
+    shuffled = expanded.index_select(torch.tensor([2, 0, 0, 5, 3, 4]))  # within each image: kept
+    assert shuffled.layers[0].memory_kv is expanded.layers[0].memory_kv
+    assert shuffled.memory_mask is expanded.memory_mask
+    crossed = expanded.index_select(torch.tensor([3, 0, 0, 5, 3, 4]))  # row 0 now image 1: gathered
+    assert crossed.source.tolist() == [1, 0, 0, 1, 1, 1]
+    for layer, before in zip(crossed.layers, expanded.layers, strict=True):
+        torch.testing.assert_close(layer.memory_kv.key, before.memory_kv.key[[3, 0, 0, 5, 3, 4]])
+    sources, same = reindex_sources(torch.tensor([0, 1]), torch.tensor([0, 1, 1]))  # rows added: gathered
+    assert (sources.tolist(), same) == ([0, 1, 1], False)

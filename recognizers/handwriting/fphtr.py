@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import KVCache, MultiHeadAttention, PositionalEncoding1d, sinusoidal_table
+from ..layers import KVCache, MultiHeadAttention, PositionalEncoding1d, reindex_sources, sinusoidal_table
 from .config import FPHTRConfig
 
 __all__ = ["FPHTRDecoder", "FPHTRLayer", "FPHTRMemory", "FPHTRState", "positional_encoding_2d"]
@@ -68,18 +68,23 @@ class FPHTRState:
         memory_kv: per layer, the memory's keys/values `(N, H, S, d/H)`; fixed.
         memory_mask: `(N, S)` bool, True on padded cells.
         length: inputs consumed so far (the position of the next one).
+        source: `(N,)` long, the image of each row (None: unknown, the memory is gathered at every
+            reorder; see :func:`~recognizers.layers.reindex_sources`).
     """
 
     self_kv: tuple[KVCache, ...]
     memory_kv: tuple[KVCache, ...]
     memory_mask: Tensor
     length: int
+    source: Tensor | None = None
 
     def index_select(self, index: Tensor) -> FPHTRState:
         """Select or duplicate hypotheses (beam search). Args: index `(N',)` long."""
-        return FPHTRState(tuple(kv.index_select(index) for kv in self.self_kv),
-                          tuple(kv.index_select(index) for kv in self.memory_kv),
-                          self.memory_mask.index_select(0, index), self.length)
+        source, same = (None, False) if self.source is None else reindex_sources(self.source, index)
+        memory_kv = self.memory_kv if same else tuple(kv.index_select(index) for kv in self.memory_kv)
+        mask = self.memory_mask if same else self.memory_mask.index_select(0, index)
+        return FPHTRState(tuple(kv.index_select(index) for kv in self.self_kv), memory_kv, mask, self.length,
+                          source)
 
 
 class FPHTRLayer(nn.Module):
@@ -176,7 +181,7 @@ class FPHTRDecoder(nn.Module):
         empty = memory.memory.new_zeros(n, heads, 0, d // heads)
         return FPHTRState(tuple(KVCache(empty, empty) for _ in self.layers),
                           tuple(layer.cross_attn.project_kv(memory.memory) for layer in self.layers),
-                          memory.mask, 0)
+                          memory.mask, 0, torch.arange(n, device=memory.memory.device))
 
     def step(self, tokens: Tensor, state: FPHTRState) -> tuple[Tensor, FPHTRState]:
         """One step. Args: tokens `(N,)` each row's last token. Returns h `(N, d)` and the new state."""
@@ -187,7 +192,8 @@ class FPHTRDecoder(nn.Module):
             self_kv = self_kv.append(layer.self_attn.project_kv(x))
             x = layer(x, self_kv, None, memory_kv, memory_mask)  # every cached input is real: no mask
             caches.append(self_kv)
-        return x[:, 0], FPHTRState(tuple(caches), state.memory_kv, state.memory_mask, state.length + 1)
+        return x[:, 0], FPHTRState(tuple(caches), state.memory_kv, state.memory_mask, state.length + 1,
+                                   state.source)
 
     def logits(self, h: Tensor) -> Tensor:
         """The classifier: `(..., d)` → `(..., V)`."""

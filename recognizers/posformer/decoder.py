@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import KVCache, MultiHeadAttention, PositionalEncoding1d
+from ..layers import KVCache, MultiHeadAttention, PositionalEncoding1d, reindex_sources
 from .arm import AttentionRefinement, CoverageState, coverage_input, exclusive_cumsum, iac_keep
 from .config import DecoderConfig, PositionConfig
 
@@ -44,10 +44,12 @@ class LayerCache:
     memory_kv: KVCache
     coverage: CoverageState | None
 
-    def index_select(self, index: Tensor) -> LayerCache:
-        """Select or duplicate rows. Args: index `(N',)` long."""
+    def index_select(self, index: Tensor, same_memory: bool = False) -> LayerCache:
+        """Select or duplicate rows. Args: index `(N',)` long; ``same_memory``: every new row has the
+        memory its old row had (:func:`~recognizers.layers.reindex_sources`), so it is kept as it is."""
         coverage = None if self.coverage is None else self.coverage.index_select(index)
-        return LayerCache(self.self_kv.index_select(index), self.memory_kv.index_select(index), coverage)
+        memory_kv = self.memory_kv if same_memory else self.memory_kv.index_select(index)
+        return LayerCache(self.self_kv.index_select(index), memory_kv, coverage)
 
 
 @dataclass(frozen=True)
@@ -59,17 +61,22 @@ class DecoderState:
         memory_mask: `(N, h, w)` bool, True on padded feature cells.
         length: tokens consumed so far (the position of the next one).
         direction: ``"l2r"`` or ``"r2l"``; IAC uses the same Ω in both, so it is informational.
+        source: `(N,)` long, the image of each row (None: unknown, the memory is gathered at every
+            reorder).
     """
 
     layers: tuple[LayerCache, ...]
     memory_mask: Tensor
     length: int
     direction: str
+    source: Tensor | None = None
 
     def index_select(self, index: Tensor) -> DecoderState:
         """Select or duplicate hypotheses (beam search). Args: index `(N',)` long."""
-        return DecoderState(tuple(layer.index_select(index) for layer in self.layers),
-                            self.memory_mask.index_select(0, index), self.length, self.direction)
+        source, same = (None, False) if self.source is None else reindex_sources(self.source, index)
+        mask = self.memory_mask if same else self.memory_mask.index_select(0, index)
+        return DecoderState(tuple(layer.index_select(index, same) for layer in self.layers), mask,
+                            self.length, self.direction, source)
 
 
 class DecoderLayer(nn.Module):
@@ -250,13 +257,14 @@ class WordDecoder(nn.Module):
         """State before the first step (whose input is the direction's start token)."""
         if direction not in ("l2r", "r2l"):
             raise ValueError(f"direction must be 'l2r' or 'r2l', got {direction!r}")
-        return DecoderState(self.stack.init_layers(memory), memory_mask.bool(), 0, direction)
+        source = torch.arange(memory.shape[0], device=memory.device)
+        return DecoderState(self.stack.init_layers(memory), memory_mask.bool(), 0, direction, source)
 
     def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """Args: tokens `(N,)` each row's last token. Returns logits `(N, V)` and the new state."""
         x = self.input_norm(self.embed(tokens[:, None]), offset=state.length)  # (N, 1, d)
         x, layers = self.stack.step(x, tokens, state.layers, state.memory_mask)
-        state = DecoderState(layers, state.memory_mask, state.length + 1, state.direction)
+        state = DecoderState(layers, state.memory_mask, state.length + 1, state.direction, state.source)
         return self.proj(x[:, 0]), state
 
 
