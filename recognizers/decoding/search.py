@@ -44,10 +44,12 @@ def _filters(options: DecodingOptions, extra: Sequence[LogitFilter]) -> list[Log
 
 
 def _log_probs(scores: Tensor, temperature: float, filters: list[LogitFilter], history: Tensor) -> Tensor:
-    """Model scores `(N, V)` -> float32 log-probabilities `(N, V)` after temperature and filters."""
+    """Model scores `(N, V)` -> log-probabilities `(N, V)` after temperature and filters, in float32 or
+    the model's own wider dtype (a float64 model keeps float64 sums: its searched scores then equal
+    teacher-forced ones to float64 rounding)."""
     if scores.dim() != 2 or scores.shape[0] != history.shape[0]:
         raise ValueError(f"step must return (N, V) scores, N={history.shape[0]}; got {tuple(scores.shape)}")
-    scores = scores.float()
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     if temperature != 1.0:
         scores = scores / temperature
     scores = scores.log_softmax(dim=-1)

@@ -226,6 +226,33 @@ def sequence_scores(model: PosFormer, memory: Tensor, memory_mask: Tensor, image
     return scores
 
 
+def _direction_scores(model: PosFormer, memory: Tensor, memory_mask: Tensor, image_index: list[int],
+                      found: list[dict[str, decoding.Hypothesis]], direction: str,
+                      options: decoding.DecodingOptions, budget: int) -> list[float]:
+    """The ``direction`` score of each pooled sequence (``found``: the hypotheses that found it, by
+    direction). A sequence this direction's own search finished is not teacher-forced again: its searched
+    log-probability, stop token included, over ``(n + 1)^α`` is that score (suppression filters do not
+    renormalise; with a temperature other than 1 everything is teacher-forced). Halves the rescoring."""
+    alpha = options.length_penalty
+    reuse = options.temperature == 1.0
+    scores: list[float | None] = []
+    for by in found:
+        hyp = by.get(direction)
+        if reuse and hyp is not None and hyp.finished:
+            length = len(hyp.tokens) + 1
+            scores.append(hyp.log_prob_att / length**alpha if alpha else hyp.log_prob_att)
+        else:
+            scores.append(None)
+    todo = [i for i, score in enumerate(scores) if score is None]
+    if todo:
+        sequences = [next(iter(found[i].values())).tokens for i in todo]
+        forced = sequence_scores(model, memory, memory_mask, [image_index[i] for i in todo], sequences,
+                                 direction, alpha, budget=budget).tolist()
+        for i, score in zip(todo, forced, strict=True):
+            scores[i] = score
+    return scores
+
+
 @torch.no_grad()
 def bidirectional_search(model: PosFormer, memory: Tensor, memory_mask: Tensor,
                          options: decoding.DecodingOptions | None = None, *,
@@ -244,21 +271,20 @@ def bidirectional_search(model: PosFormer, memory: Tensor, memory_mask: Tensor,
     """
     options = _fit_to_model(model, options or search_options())
     per_direction = replace(options, nbest=options.beam_size)
-    pools: list[dict[tuple[int, ...], list[str]]] = [{} for _ in range(memory.shape[0])]
+    pools: list[dict[tuple[int, ...], dict[str, decoding.Hypothesis]]] = [{} for _ in range(memory.shape[0])]
     for direction in DIRECTIONS:
         for pool, hyps in zip(pools, directional_search(model, memory, memory_mask, direction, per_direction),
                               strict=True):
             for hyp in hyps:
-                pool.setdefault(hyp.tokens, []).append(direction)
+                pool.setdefault(hyp.tokens, {}).setdefault(direction, hyp)
     image_index = [b for b, pool in enumerate(pools) for _ in pool]
-    sequences = [tokens for pool in pools for tokens in pool]
-    alpha = options.length_penalty
-    l2r, r2l = (sequence_scores(model, memory, memory_mask, image_index, sequences, d, alpha, budget=budget)
-                .tolist() for d in DIRECTIONS)
+    found = [pool[tokens] for pool in pools for tokens in pool]
+    l2r, r2l = (_direction_scores(model, memory, memory_mask, image_index, found, d, options, budget)
+                for d in DIRECTIONS)
     results: list[list[RescoredHypothesis]] = [[] for _ in pools]
-    for b, tokens, forward, backward in zip(image_index, sequences, l2r, r2l, strict=True):
-        results[b].append(RescoredHypothesis(tokens, forward + backward, forward, backward,
-                                             tuple(pools[b][tokens])))
+    for b, by, forward, backward in zip(image_index, found, l2r, r2l, strict=True):
+        tokens = next(iter(by.values())).tokens
+        results[b].append(RescoredHypothesis(tokens, forward + backward, forward, backward, tuple(by)))
     for hyps in results:
         hyps.sort(key=lambda h: -h.score if math.isfinite(h.score) else math.inf)
         del hyps[options.nbest:]
