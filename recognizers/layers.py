@@ -19,12 +19,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "KVCache",
     "MultiHeadAttention",
     "PositionalEncoding1d",
+    "PostNormDecoderLayer",
     "reindex_sources",
     "sinusoidal_encoding_2d",
     "sinusoidal_table",
@@ -144,6 +146,53 @@ class MultiHeadAttention(nn.Module):
                 bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """:meth:`logits` then :meth:`attend`; returns `(N, Lq, d)` and `(N, H, Lq, T)`."""
         return self.attend(self.logits(query, kv, mask), kv, bias)
+
+
+class PostNormDecoderLayer(nn.Module):
+    """Post-norm transformer decoder layer, as torch's ``nn.TransformerDecoderLayer`` (same parameter names),
+    with explicit key/value caches so one set of weights serves teacher forcing and step-by-step decoding.
+    Split into its three residual blocks for decoders that change one of them (PosFormer refines the
+    cross-attention logits before their softmax).
+
+    Args:
+        d_model: width d.
+        num_heads: attention heads H.
+        dim_feedforward: hidden width of the feed-forward block.
+        dropout: dropout after attention, in the feed-forward block and on each residual branch.
+        activation: ``"relu"`` or ``"gelu"``.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, dropout: float,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
+        self.dropout = nn.Dropout(dropout)
+        self.activation = F.relu if activation == "relu" else F.gelu
+
+    def self_block(self, x: Tensor, kv: KVCache, mask: Tensor | None) -> Tensor:
+        """Args: x `(N, Lq, d)`, kv of the keys so far, mask True where blocked. Returns `(N, Lq, d)`."""
+        return self.norm1(x + self.dropout(self.self_attn(x, kv, mask)[0]))
+
+    def cross_block(self, x: Tensor, memory_kv: KVCache, memory_mask: Tensor) -> Tensor:
+        """Args: x `(N, Lq, d)`, the memory's keys/values and mask (True = blocked), broadcastable to
+        `(N, H, Lq, S)`. Returns `(N, Lq, d)`."""
+        return self.norm2(x + self.dropout(self.cross_attn(x, memory_kv, memory_mask)[0]))
+
+    def ff_block(self, x: Tensor) -> Tensor:
+        hidden = self.dropout(self.activation(self.linear1(x)))  # (N, Lq, dim_feedforward)
+        return self.norm3(x + self.dropout(self.linear2(hidden)))
+
+    def forward(self, x: Tensor, self_kv: KVCache, self_mask: Tensor | None, memory_kv: KVCache,
+                memory_mask: Tensor) -> Tensor:
+        """The three blocks in turn. Args: x `(N, Lq, d)` and the keys/values to attend with their masks.
+        Returns `(N, Lq, d)`."""
+        return self.ff_block(self.cross_block(self.self_block(x, self_kv, self_mask), memory_kv, memory_mask))
 
 
 def sinusoidal_table(length: int, d_model: int, temperature: float = 10000.0,

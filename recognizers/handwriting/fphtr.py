@@ -24,10 +24,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import KVCache, MultiHeadAttention, PositionalEncoding1d, reindex_sources, sinusoidal_table
+from ..layers import KVCache, PositionalEncoding1d, PostNormDecoderLayer, reindex_sources, sinusoidal_table
 from .config import FPHTRConfig
 
 __all__ = ["FPHTRDecoder", "FPHTRLayer", "FPHTRMemory", "FPHTRState", "positional_encoding_2d"]
@@ -87,27 +86,11 @@ class FPHTRState:
                           source)
 
 
-class FPHTRLayer(nn.Module):
+class FPHTRLayer(PostNormDecoderLayer):
     """Post-norm transformer decoder layer with GELU, as ``nn.TransformerDecoderLayer(activation="gelu")``."""
 
     def __init__(self, cfg: FPHTRConfig) -> None:
-        super().__init__()
-        d = cfg.d_model
-        self.self_attn = MultiHeadAttention(d, cfg.num_heads, cfg.dropout)
-        self.cross_attn = MultiHeadAttention(d, cfg.num_heads, cfg.dropout)
-        self.linear1 = nn.Linear(d, cfg.dim_feedforward)
-        self.linear2 = nn.Linear(cfg.dim_feedforward, d)
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: Tensor, self_kv: KVCache, self_mask: Tensor | None, memory_kv: KVCache,
-                memory_mask: Tensor) -> Tensor:
-        """Args: x `(N, Lq, d)`; the keys/values to attend with masks (True = blocked), broadcastable to
-        `(N, H, Lq, keys)`. Returns `(N, Lq, d)`."""
-        x = self.norm1(x + self.dropout(self.self_attn(x, self_kv, self_mask)[0]))
-        x = self.norm2(x + self.dropout(self.cross_attn(x, memory_kv, memory_mask)[0]))
-        hidden = self.dropout(F.gelu(self.linear1(x)))  # (N, Lq, dim_feedforward)
-        return self.norm3(x + self.dropout(self.linear2(hidden)))
+        super().__init__(cfg.d_model, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, activation="gelu")
 
 
 class FPHTRDecoder(nn.Module):

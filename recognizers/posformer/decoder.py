@@ -20,10 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import KVCache, MultiHeadAttention, PositionalEncoding1d, reindex_sources
+from ..layers import KVCache, PositionalEncoding1d, PostNormDecoderLayer, reindex_sources
 from .arm import AttentionRefinement, CoverageState, coverage_input, exclusive_cumsum, iac_keep
 from .config import DecoderConfig, PositionConfig
 
@@ -79,34 +78,20 @@ class DecoderState:
                             self.length, self.direction, source)
 
 
-class DecoderLayer(nn.Module):
-    """Post-norm transformer decoder layer (as torch's ``TransformerDecoderLayer``, ReLU), split into its
-    three residual blocks so the stack can refine the cross-attention between logits and softmax."""
+class DecoderLayer(PostNormDecoderLayer):
+    """Post-norm transformer decoder layer (as torch's ``TransformerDecoderLayer``, ReLU) whose
+    cross-attention can be finished from refined logits, so the stack can change them between the
+    logits and the softmax."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
-        super().__init__()
-        d = cfg.d_model
-        self.self_attn = MultiHeadAttention(d, cfg.num_heads, cfg.dropout)
-        self.cross_attn = MultiHeadAttention(d, cfg.num_heads, cfg.dropout)
-        self.linear1 = nn.Linear(d, cfg.dim_feedforward)
-        self.linear2 = nn.Linear(cfg.dim_feedforward, d)
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.dropout = nn.Dropout(cfg.dropout)
+        super().__init__(cfg.d_model, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, activation="relu")
 
-    def self_block(self, x: Tensor, kv: KVCache, mask: Tensor | None) -> Tensor:
-        """Args: x `(N, Lq, d)`, kv of the keys so far, mask True where blocked. Returns `(N, Lq, d)`."""
-        return self.norm1(x + self.dropout(self.self_attn(x, kv, mask)[0]))
-
-    def cross_block(self, x: Tensor, logits: Tensor, memory: KVCache, bias: Tensor | None
-                    ) -> tuple[Tensor, Tensor]:
+    def cross_block_from_logits(self, x: Tensor, logits: Tensor, memory: KVCache, bias: Tensor | None
+                                ) -> tuple[Tensor, Tensor]:
         """Finish the cross-attention from its logits `(N, H, Lq, S)` and optional ``bias`` (−R).
         Returns `(N, Lq, d)` and the final attention `(N, H, Lq, S)`."""
         out, probs = self.cross_attn.attend(logits, memory, bias)
         return self.norm2(x + self.dropout(out)), probs
-
-    def ff_block(self, x: Tensor) -> Tensor:
-        hidden = self.dropout(F.relu(self.linear1(x)))  # (N, Lq, dim_feedforward)
-        return self.norm3(x + self.dropout(self.linear2(hidden)))
 
 
 class DecoderStack(nn.Module):
@@ -169,7 +154,7 @@ class DecoderStack(nn.Module):
             if self._refines(i):
                 a = self._coverage_input(p_prev, layer.cross_attn.probabilities(logits))  # (N, C, L, S)
                 bias = -self.arm(exclusive_cumsum(a * keep), memory_mask)
-            x, p_prev = layer.cross_block(x, logits, memory_kv, bias)
+            x, p_prev = layer.cross_block_from_logits(x, logits, memory_kv, bias)
             if attention is not None:
                 attention.append(p_prev)
             x = layer.ff_block(x)
@@ -211,7 +196,7 @@ class DecoderStack(nn.Module):
                 coverage = coverage.resolve(keep)  # output alignment: the held-back row keys on this token
                 bias = -self.arm(coverage.total[:, :, None], memory_mask)  # (N, H, 1, S)
                 coverage = coverage.push(a, None if output_aligned else keep)
-            x, p_prev = layer.cross_block(x, logits, cache.memory_kv, bias)
+            x, p_prev = layer.cross_block_from_logits(x, logits, cache.memory_kv, bias)
             x = layer.ff_block(x)
             new.append(LayerCache(self_kv, cache.memory_kv, coverage))
         return x, tuple(new)
