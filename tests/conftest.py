@@ -24,6 +24,21 @@ def require_tool(tool: str, package: str) -> None:
         pytest.skip(message)
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (benchmarks/ is not a package), registered in sys.modules
+    (a dataclass needs its module there) under its own name."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def require_module(name: str):
     """importorskip, except that under CI=true a missing module fails the test run."""
     try:

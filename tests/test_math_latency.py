@@ -6,11 +6,8 @@ Timings on a shared test machine mean nothing, so none are asserted."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,26 +16,17 @@ from recognizers.checkpoint import save_bundle
 from recognizers.decoding import Hypothesis
 from recognizers.posformer.recognizer import PosFormerRecognizer
 from recognizers.posformer.search import DIRECTIONS, directional_search, encode_images, search_options
+from tests.conftest import load_benchmark
 from tests.math_fixtures import formula_image, tiny_posformer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "math_latency.py"
 BIAS = {"stop_bias": 2.0, "token_bias": dict.fromkeys(("x", "+", "1", "y"), 2.0)}  # short, non-empty outputs
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The script as a module (benchmarks/ is not a package); registered while it runs, since its
-    dataclass needs its module in sys.modules."""
-    spec = importlib.util.spec_from_file_location("math_latency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    return load_benchmark("math_latency")
 
 
 @pytest.fixture(scope="module")

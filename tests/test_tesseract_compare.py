@@ -5,7 +5,6 @@ model is untrained and the timings of a shared test machine mean nothing)."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,23 +15,18 @@ from PIL import Image, ImageDraw, ImageFont
 
 from recognizers.checkpoint import save_bundle
 from recognizers.handwriting.recognizer import HandwritingRecognizer
-from tests.conftest import require_tool
+from tests.conftest import load_benchmark, require_tool
 from tests.handwriting_fixtures import tiny_model
 from training.metrics import cer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tesseract_compare.py"
 PACKAGES = "tesseract-ocr tesseract-ocr-eng"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("tesseract_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("tesseract_compare")
 
 
 @pytest.fixture

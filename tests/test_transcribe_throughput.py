@@ -3,24 +3,19 @@ on a shared test machine mean nothing, so none are asserted)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "transcribe_throughput.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("transcribe_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("transcribe_throughput")
 
 
 def test_report_of_batch_sizes_over_four_files(bench, tiny_asr, audio_tree, tmp_path, capsys):
