@@ -12,7 +12,6 @@ from tests.conftest import load_benchmark
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-
 @pytest.fixture(scope="module")
 def bench():
     return load_benchmark("transcribe_throughput")
