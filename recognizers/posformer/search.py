@@ -9,20 +9,22 @@ implementation SJTU-DeepVisionLab/PosFormer; implemented from the spec, not copi
    ``<sos>``, as ``PosFormer.start_token``/``stop_token`` say) with ``recognizers.decoding``; r2l
    hypotheses are reversed into natural order;
 3. pool the hypotheses of both directions per image (a sequence found by both counts once);
-4. teacher-force every pooled sequence through the decoder in *both* directions
-   (:func:`sequence_scores`); a direction's score is ``Σ log p(out) / (n + 1)^α``: the stop token's
-   log-probability is included, and ``n + 1`` is the non-pad length of ``tgt = [start, y...]`` (the start
-   token counts, the stop token does not), α = ``options.length_penalty`` = 1.0 by default;
+4. score every pooled sequence in *both* directions, teacher-forcing it through the decoder
+   (:func:`sequence_scores`) unless that direction's search finished it; a direction's score is
+   ``Σ log p(out) / (n + 1)^α``: the stop token's log-probability is included, and ``n + 1`` is the
+   non-pad length of ``tgt = [start, y...]`` (the start token counts, the stop token does not),
+   α = ``options.length_penalty`` = 1.0 by default;
 5. final score = l2r score + r2l score; hypotheses are ranked by it, best first.
 
 Deliberate deviations, none of which changes the result for a hypothesis that ended with its stop token:
 
 * the reference takes a hypothesis's own-direction score from the search and only rescores the opposite
-  direction. Here both directions are teacher-forced. For a finished hypothesis the search score *is*
-  the teacher-forced one (``recognizers.decoding`` ranks finished hypotheses by ``Σ log p / (n + 1)^α``,
-  stop token included), so the numbers agree; a hypothesis cut at the length cap is scored as if it
-  ended there (its stop token's log-probability is added), like its reverse score already is in the
-  reference. A sequence found in both directions thus gets one well-defined score.
+  direction. Here so does a hypothesis its direction *finished*: its search score is the teacher-forced
+  one (``recognizers.decoding`` ranks finished hypotheses by ``Σ log p / (n + 1)^α``, stop token
+  included, and its filters do not renormalise), so it is not computed twice. Every other
+  (sequence, direction) pair is teacher-forced, including a hypothesis cut at the length cap, which is
+  scored as if it ended there (its stop token's log-probability is added), like its reverse score
+  already is in the reference. A sequence found in both directions thus gets one well-defined score.
 * the direction's start token and ``<pad>`` are suppressed during search (the reference does not; a
   trained model gives them no probability), so outputs never contain special tokens (§13 B3).
 * beam 1 is plain greedy decoding in each direction (``decoding.search``), then the same rescoring.
