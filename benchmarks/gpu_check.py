@@ -92,7 +92,7 @@ def parity(length, dtype, args, groups=None):
     """G1 for one shape/dtype: one dict per tensor with errors, tolerance and pass/fail."""
     bs, ds = args.slice_b, min(args.slice_d, args.dim)
     inp = make_inputs(args.batch, args.dim, args.dstate, length, dtype, seed=length, groups=groups)
-    out, last, ck = ts.forward(*[inp[k] for k in KEYS], True)
+    out, last, ck, _ = ts.forward(*[inp[k] for k in KEYS], True)
     gout = torch.zeros_like(out)
     glast = torch.zeros_like(last)
     gout[:bs, :ds] = torch.randn(bs, ds, length, device=DEV).to(dtype)
@@ -145,7 +145,7 @@ def time_triton(inp, softplus=True):
     gout = torch.randn_like(inp["u"])
 
     def fwd_bwd():
-        _out, _last, ck = ts.forward(*args, softplus)
+        _out, _last, ck, _ = ts.forward(*args, softplus)
         ts.backward(gout, None, *args, softplus, ck)
 
     return bench(lambda: ts.forward(*args, softplus)), bench(fwd_bwd)
@@ -236,7 +236,7 @@ def public_api(args):
     kw = {k: leaves[k] for k in KEYS}
     out, last = kernels.selective_scan(**kw, delta_softplus=True, return_last_state=True)
     (out.square().sum() + last.sum()).backward()
-    direct, d_last, _ = ts.forward(*[inp[k] for k in KEYS], True)
+    direct, d_last, *_ = ts.forward(*[inp[k] for k in KEYS], True)
     compiled = torch.compile(lambda **k: kernels.selective_scan(**k, delta_softplus=True), fullgraph=True)
     c_out = compiled(**{k: v.detach() if v.is_floating_point() else v for k, v in leaves.items()})
     want = "triton" if DEV == "cuda" else "cpu"

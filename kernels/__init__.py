@@ -84,7 +84,7 @@ def selective_scan(
     elif name == "chunked":
         out, last = selective_scan_chunked(*args, delta_softplus, initial_state, mask)
     else:
-        out, last, _ = ops.selective_scan_fwd(*args, initial_state, mask, delta_softplus, name)
+        out, last, *_ = ops.selective_scan_fwd(*args, initial_state, mask, delta_softplus, name)
     return (out, last) if return_last_state else out
 
 

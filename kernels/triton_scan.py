@@ -317,8 +317,9 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, mask, delta_soft
         chunk: checkpoint interval; defaults to the module's ``CHUNK`` (tests override it).
 
     Returns:
-        out `(Bsz, D, L)` in u's dtype, last state `(Bsz, D, N)` float32, and checkpoints
-        `(Bsz, D, ceil(L/chunk), N)` float32 where entry c is the state entering chunk c.
+        out `(Bsz, D, L)` in u's dtype, last state `(Bsz, D, N)` float32, checkpoints
+        `(Bsz, D, ceil(L/chunk), N)` float32 where entry c is the state entering chunk c, and an
+        empty y_pre (the ops' fourth output: this backward recomputes y from the states).
     """
     chunk = chunk or CHUNK
     bsz, dim, length = u.shape
@@ -329,9 +330,10 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, mask, delta_soft
     out = _empty((bsz, dim, length), u.dtype, u.device)
     last = _empty((bsz, dim, n), torch.float32, u.device)
     ck = _empty((bsz, dim, n_chunks, n), torch.float32, u.device)
+    no_y = _empty((0,), torch.float32, u.device)
     if length == 0:
         last.copy_(initial_state if initial_state is not None else torch.zeros_like(last))
-        return out, last, ck
+        return out, last, ck, no_y
     geo = _launch_geometry(dim, n, B, C)
     _fwd_kernel[(bsz, geo["nprog"])](
         u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), _or(initial_state, u), _or(mask, u),
@@ -340,7 +342,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, mask, delta_soft
         CHUNK=chunk, BLOCK_D=geo["block_d"], N_PAD=geo["n_pad"], B_VARY=B.dim() > 2, C_VARY=C.dim() > 2,
         **_flags(D, z, delta_bias, initial_state, mask, delta_softplus), num_warps=geo["num_warps"],
     )
-    return out, last, ck
+    return out, last, ck, no_y
 
 
 def _reduce_bc(partial: torch.Tensor, X: torch.Tensor, bsz: int, dim: int, seg: int) -> torch.Tensor:
@@ -358,7 +360,7 @@ def _reduce_bc(partial: torch.Tensor, X: torch.Tensor, bsz: int, dim: int, seg: 
 
 
 def backward(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, initial_state, mask,
-             delta_softplus: bool, checkpoints, *, chunk: int | None = None):
+             delta_softplus: bool, checkpoints, y_pre=None, *, chunk: int | None = None):
     """Selective scan backward from the forward's checkpoints (recomputes states chunk by chunk).
 
     Args:
@@ -366,6 +368,7 @@ def backward(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, ini
         grad_last_state: `(Bsz, D, N)` gradient of the last state, or None (zeros).
         u, delta, A, B, C, D, z, delta_bias, initial_state, mask, delta_softplus: as in ``forward``.
         checkpoints: `(Bsz, D, ceil(L/chunk), N)` float32 from ``forward`` with the same chunk.
+        y_pre: unused (accepted for the ops' common signature; y is recomputed from the states).
         chunk: checkpoint interval used by the forward; defaults to ``CHUNK``.
 
     Returns:

@@ -72,6 +72,21 @@ def test_fused_cpu_lane_path_matches_oracle(length, dstate, bc, D, z, bias, h0, 
                        scale=GRAD_SCALE.get(name, 1.0), seed=seed)
 
 
+def test_fused_cpu_lane_path_with_exp_underflow():
+    """Δ·A far below the float32 exp range in one lane group (its exps take the clamped path, ā ~ 1e-38
+    instead of 0) and in range in the other (the unclamped path): both match the oracle."""
+    case = make_case(11, dstate=16, length=70, dim=16, bc="var", D=True, z=True, bias=True, mask=True)
+    case.A[:8] = case.A[:8] * 1000.0  # A down to -500: Δ·A < -100 on many steps of channels 0-7
+    case.delta[:, :8] = case.delta[:, :8] + 4.0
+    out, last, grads = run_scan(case, "cpu", grad_seed=3)
+    ref_out, ref_last, ref_grads = run_scan(case, "oracle", grad_seed=3)
+    assert_matches("out", out, ref_out, torch.float32)
+    assert_matches("last_state", last, ref_last, torch.float32)
+    for name, g in grads.items():
+        assert_matches(f"d{name}", g, ref_grads[name], torch.float32, grad=True,
+                       scale=GRAD_SCALE.get(name, 1.0))
+
+
 @pytest.mark.parametrize("backend", ["chunked", "cpu"])
 def test_long_sequence_default_options(backend):
     case = make_case(7, dim=8, dstate=16, length=4096, D=False, z=False, bias=False)
@@ -174,5 +189,5 @@ def test_non_contiguous_inputs(backend, dim):
 def test_fused_cpu_never_allocates_full_state_tensor():
     """The fused forward saves only chunk-entry states, (Bsz, D, ceil(L/CHUNK), N)."""
     case = make_case(2, dstate=16, length=300)
-    _out, _last, ckpt = cpu.forward(*case.tensors()[:8], None, None, True)
+    _out, _last, ckpt, _y = cpu.forward(*case.tensors()[:8], None, None, True)
     assert ckpt.shape == (2, 4, -(-300 // cpu.CHUNK), 16)

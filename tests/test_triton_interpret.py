@@ -70,7 +70,7 @@ def _make(seed, bsz=2, dim=8, n=4, length=33, dtype=torch.float32, *, z=False, s
 def _run(inp, softplus, chunk, gout, glast):
     """Triton forward + backward: (out, last_state, grads in GRAD_NAMES order)."""
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state", "mask")]
-    out, last, ck = ts.forward(*args, softplus, chunk=chunk)
+    out, last, ck, _ = ts.forward(*args, softplus, chunk=chunk)
     grads = ts.backward(gout, glast, *args, softplus, ck, chunk=chunk)
     return out, last, grads
 
@@ -202,9 +202,9 @@ def test_state_carry_over():
         keys = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state", "mask")
         return ts.forward(*[part[x] for x in keys], True, chunk=8)
 
-    full, last, _ = fwd(slice(None), None)
-    head, mid, _ = fwd(slice(0, k), None)
-    tail, end, _ = fwd(slice(k, None), mid)
+    full, last, *_ = fwd(slice(None), None)
+    head, mid, *_ = fwd(slice(0, k), None)
+    tail, end, *_ = fwd(slice(k, None), mid)
     assert _rel(torch.cat([head, tail], -1), full) <= 1e-6, k
     assert _rel(end, last) <= 1e-6, k
 
@@ -213,16 +213,16 @@ def test_checkpoints_and_empty_sequence():
     """Checkpoint c is the state entering chunk c; L = 0 returns the initial state untouched."""
     inp = _make(19, length=10, h0=True)
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state", "mask")]
-    _, _, ck = ts.forward(*args, False, chunk=4)
+    _, _, ck, _ = ts.forward(*args, False, chunk=4)
     assert ck.shape == (2, 8, 3, 4)
     assert torch.equal(ck[:, :, 0], inp["initial_state"])
     for c in (1, 2):
         sl = slice(0, 4 * c)
-        _, mid, _ = ts.forward(args[0][..., sl], args[1][..., sl], args[2], args[3][..., sl],
+        _, mid, *_ = ts.forward(args[0][..., sl], args[1][..., sl], args[2], args[3][..., sl],
                                args[4][..., sl], None, None, None, args[8], None, False, chunk=4)
         assert _rel(ck[:, :, c], mid) <= 1e-6
     empty = [a[..., :0] if a is not None and a.dim() == 3 and a.shape[-1] == 10 else a for a in args]
-    out, last, ck0 = ts.forward(*empty, False, chunk=4)
+    out, last, ck0, _ = ts.forward(*empty, False, chunk=4)
     assert out.shape == (2, 8, 0)
     assert ck0.shape == (2, 8, 0, 4)
     assert torch.equal(last, args[8])

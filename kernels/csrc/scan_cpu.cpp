@@ -94,6 +94,7 @@ template <typename T> struct Args {
   int64_t b_sb, b_sg, b_st, b_dpg, c_sb, c_sg, c_st, c_dpg;
   int32_t softplus;
   T *out, *last, *ckpt;
+  T* ypre;  // y before the gate, Σ_n C·h + D·u (only with z; null otherwise): saved for dz
   // backward only
   const T *dout, *dlast;
   T *du, *ddelta, *dz, *dh0;
@@ -137,7 +138,8 @@ void row_delta(const Args<T>& a, int64_t b, int64_t d, T* __restrict dt, T* __re
   for (int64_t t = 0; t < L; ++t) dtu[t] = dt[t] * u[t];
 }
 
-// out = (Σ_n C·h + D·u) · silu(z) for one row whose out holds Σ_n C·h.
+// out = (Σ_n C·h + D·u) · silu(z) for one row whose out holds Σ_n C·h; ypre keeps the value before
+// the gate (the backward's dz needs it, and recomputing it costs an FMA per state element).
 template <typename T> void finish_row(const Args<T>& a, int64_t r) {
   const int64_t L = a.len;
   T* __restrict y = a.out + r * L;
@@ -145,8 +147,12 @@ template <typename T> void finish_row(const Args<T>& a, int64_t r) {
   const T Dd = a.Dskip ? a.Dskip[r % a.dim] : T(0);
   if (a.z) {
     const T* __restrict zr = a.z + r * L;
+    T* __restrict yp = a.ypre + r * L;
 #pragma omp simd
-    for (int64_t t = 0; t < L; ++t) y[t] = (y[t] + Dd * u[t]) * zr[t] * sigmoid(zr[t]);
+    for (int64_t t = 0; t < L; ++t) {
+      yp[t] = y[t] + Dd * u[t];
+      y[t] = yp[t] * zr[t] * sigmoid(zr[t]);
+    }
   } else {
 #pragma omp simd
     for (int64_t t = 0; t < L; ++t) y[t] += Dd * u[t];
@@ -261,12 +267,11 @@ void reverse_chunk(const Args<T>& a, int64_t r, int64_t t0, int64_t q_len, const
     T* __restrict dBt = dBp + t * a.b_st;
     T* __restrict dCt = dCp + t * a.c_st;
     const T gy = w.gy[t], s = w.dt[t], su = w.dtu[t], ut = u[t];
-    T sum_du = 0, sum_dd = 0, ych = 0;
-#pragma omp simd reduction(+ : sum_du, sum_dd, ych)
+    T sum_du = 0, sum_dd = 0;
+#pragma omp simd reduction(+ : sum_du, sum_dd)
     for (int64_t n = 0; n < N; ++n) {
       const T dh = Ct[n] * gy + carry[n];
       const T ah = aq[n] * hprev[n];  // ā_t h_{t-1} = h_t - b̄_t
-      ych += Ct[n] * hq[n];
       dCt[n] += gy * hq[n];
       dBt[n] += dh * su;
       sum_du += dh * Bt[n];
@@ -274,8 +279,8 @@ void reverse_chunk(const Args<T>& a, int64_t r, int64_t t0, int64_t q_len, const
       dA[n] += dh * s * ah;
       carry[n] = dh * aq[n];
     }
-    if (a.z) {  // y before the gate, from the recomputed state
-      const T y = ych + Dd * ut, sz = w.sz[t], zt = a.z[r * L + t];
+    if (a.z) {  // y before the gate, saved by the forward
+      const T y = a.ypre[r * L + t], sz = w.sz[t], zt = a.z[r * L + t];
       a.dz[r * L + t] = a.dout[r * L + t] * y * sz * (T(1) + zt * (T(1) - sz));
     }
     a.du[r * L + t] = Dd * gy + s * sum_du;
