@@ -145,6 +145,23 @@ def test_datamodule_builds_the_vocabulary_and_padded_batches(corpus, single_thre
     assert sorted(seen) == sorted(dm.datasets["val"].ids)
 
 
+def test_datamodule_scale_resizes_images_and_is_the_models_preprocessing(corpus, single_thread):
+    """``scale`` sets HandwritingConfig.scale: validation images (not augmented) come out twice as large at
+    1.0 as at the default 0.5, and the module saves the scale with the model for inference."""
+    half, full = (HandwritingDataModule(str(corpus), scale=s) for s in (0.5, 1.0))
+    assert (half.preprocess.scale, full.preprocess.scale) == (0.5, 1.0)
+    for dm in (half, full):
+        dm.setup("fit")
+    small, large = (dm.val_dataloader().dataset[(0, 0)][0] for dm in (half, full))
+    assert abs(large.shape[-2] - 2 * small.shape[-2]) <= 1 and abs(large.shape[-1] - 2 * small.shape[-1]) <= 1
+    module = HTRModule(size="tiny", vocab_size=full.vocab_size)
+    module.trainer = SimpleNamespace(datamodule=full)
+    module.setup("fit")
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert json.loads(checkpoint["recognizers"]["preprocess"])["scale"] == 1.0
+
+
 def test_datamodule_without_split_lists_names_the_folder(tmp_path):
     from data.datasets.iam import CorpusError
 

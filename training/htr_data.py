@@ -36,7 +36,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.datasets.iam import CorpusError, IAMCorpus, IAMDataset, SampleLevel, SplitKind, read_iam
-from data.handwriting import BACKGROUND, CharVocabulary, HandwritingConfig, collate_images, normalize_image
+from data.handwriting import (
+    BACKGROUND,
+    SCALE,
+    CharVocabulary,
+    HandwritingConfig,
+    collate_images,
+    normalize_image,
+)
 
 from .math_data import MathBatchSampler
 
@@ -109,6 +116,9 @@ class HandwritingDataModule(L.LightningDataModule):
         augment: augment training images (§15).
         augment_recipe: ``full`` or ``thesis`` (``data.augment``).
         max_val_samples: validate on this many samples (a fixed, seeded subset); 0 = all.
+        scale: resize factor of the image pipeline (``HandwritingConfig.scale``, saved with the model so
+            that inference resizes alike). The thesis's 0.5 suits IAM's 300 dpi scans; with ResNet-18's
+            32-pixel feature cells, smaller writing leaves too few cells per character.
         num_workers: DataLoader worker processes.
         seed: seed of the batch order, the validation subset and the augmentation.
 
@@ -120,8 +130,8 @@ class HandwritingDataModule(L.LightningDataModule):
     def __init__(self, root: str, level: SampleLevel = "words", split_files: dict[str, str] | None = None,
                  split_kind: SplitKind = "forms", min_words: int = 0, batch_size: int = 8,
                  eval_batch_size: int | None = None, max_area: int = 4_000_000, augment: bool = True,
-                 augment_recipe: str = "full", max_val_samples: int = 0, num_workers: int = 0,
-                 seed: int = 0) -> None:
+                 augment_recipe: str = "full", max_val_samples: int = 0, scale: float = SCALE,
+                 num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
@@ -131,7 +141,7 @@ class HandwritingDataModule(L.LightningDataModule):
         if missing:
             raise CorpusError(f"{root}: no {' or '.join(sorted(missing))} split list (looked for "
                               f"{Path(root) / 'splits' / 'aachen'}/*.uttlist; pass data.split_files)")
-        self.preprocess = HandwritingConfig()
+        self.preprocess = HandwritingConfig(scale=scale)
         self.corpus: IAMCorpus = read_iam(root)
         self.datasets: dict[str, IAMDataset] = {"train": self._split("train")}
         self.vocab = CharVocabulary.from_texts(s.text for s in self.datasets["train"].samples)
