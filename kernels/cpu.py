@@ -8,7 +8,8 @@ and loaded with ctypes; nothing is compiled at install time. When no compiler is
 
 Memory: the forward saves the state entering every ``CHUNK`` steps, `(Bsz, D, ceil(L/CHUNK), N)`, and,
 when z is given, y before the gate `(Bsz, D, L)`; the backward recomputes one chunk at a time from the
-states (samba-asr.md §2.1, §6.2). No `(Bsz, D, L, N)` tensor is ever allocated. Shapes follow the legend of ``kernels._common``.
+states (samba-asr.md §2.1, §6.2). No `(Bsz, D, L, N)` tensor is ever allocated. Shapes follow the
+legend of ``kernels._common``.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def selective_scan_bwd(
     """Fused backward: [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0], empty where absent."""
     grads = _backend(backend).backward(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
                                        initial_state, mask, delta_softplus, checkpoints,
-                                       y_pre=y_pre if y_pre.numel() else None)
+                                       y_pre=y_pre if z is not None else None)
     return [u.new_empty(0) if g is None else g for g in grads]
 
 

@@ -170,6 +170,23 @@ def test_torch_compile_traces_through_the_op():
         torch.testing.assert_close(b.grad, a.grad)
 
 
+@pytest.mark.parametrize("backend", ["reference", "chunked", "cpu"])
+def test_empty_sequence_forward_and_backward(backend):
+    """L = 0 with every option (the fused op saves an empty y before the gate): empty outputs and
+    gradients, the initial state passed through, and its gradient equal to the last state's."""
+    case = make_case(4, dstate=4, length=0, dim=8, h0=True)
+    leaves = [t.clone().requires_grad_() for t in case.tensors()]
+    out, last = kernels.selective_scan(*leaves[:8], delta_softplus=True, initial_state=leaves[8],
+                                       return_last_state=True, backend=backend)
+    assert out.shape == (2, 8, 0)
+    torch.testing.assert_close(last, case.initial_state)
+    glast = torch.randn_like(last)
+    (out.sum() + (last * glast).sum()).backward()
+    assert leaves[0].grad.shape == (2, 8, 0)
+    assert leaves[6].grad.shape == (2, 8, 0)
+    torch.testing.assert_close(leaves[8].grad, glast)
+
+
 def test_float64_runs_in_float64_on_every_cpu_backend():
     case = make_case(2, dstate=4, length=21, dtype=torch.float64, h0=True, mask=True)
     ref_out, _, ref_grads = run_scan(case, "oracle")

@@ -153,7 +153,8 @@ def test_datamodule_scale_resizes_images_and_is_the_models_preprocessing(corpus,
     for dm in (half, full):
         dm.setup("fit")
     small, large = (dm.val_dataloader().dataset[(0, 0)][0] for dm in (half, full))
-    assert abs(large.shape[-2] - 2 * small.shape[-2]) <= 1 and abs(large.shape[-1] - 2 * small.shape[-1]) <= 1
+    assert abs(large.shape[-2] - 2 * small.shape[-2]) <= 1
+    assert abs(large.shape[-1] - 2 * small.shape[-1]) <= 1
     module = HTRModule(size="tiny", vocab_size=full.vocab_size)
     module.trainer = SimpleNamespace(datamodule=full)
     module.setup("fit")
