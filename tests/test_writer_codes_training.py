@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import training.writer_codes_data as wcd
-from data.handwriting import CharVocabulary
+from data.handwriting import CharVocabulary, HandwritingConfig, normalize_image
 from data.hinge import HingeConfig, writer_hinge
 from recognizers.checkpoint import read_bundle, save_bundle
 from recognizers.handwriting.recognizer import HandwritingRecognizer
@@ -80,6 +81,32 @@ def _base_bundle(datamodule, path: Path) -> Path:
     vocab = CharVocabulary.from_texts(datamodule.train_texts)
     model = tiny_model("fphtr", "resnet18", max_seq_len=20, vocab=vocab)
     return save_bundle(path, HandwritingRecognizer(model, vocab).to_bundle())
+
+
+def test_writer_codes_use_and_save_the_base_models_image_pipeline(corpus, tmp_path):
+    """A base trained at another image scale: the writer-code data are resized like its training images
+    and the writer-code checkpoint carries that pipeline to export and inference."""
+    from training.writer_codes_module import WriterCodeModule
+
+    dm = wcd.WriterCodeDataModule(str(corpus), num_permutations=1)
+    dm.setup("fit")
+    vocab = CharVocabulary.from_texts(dm.train_texts)
+    base = HandwritingRecognizer(tiny_model("fphtr", "resnet18", max_seq_len=20, vocab=vocab), vocab,
+                                 preprocess=HandwritingConfig(scale=1.0))
+    bundle = save_bundle(tmp_path / "base.safetensors", base.to_bundle())
+    module = WriterCodeModule(base_checkpoint=str(bundle))
+    module.trainer = SimpleNamespace(datamodule=dm)
+    module.setup("fit")
+    assert dm.preprocess.scale == 1.0
+    words = dm.train_dataloader().dataset
+    pixels = words.dataset[0][0]
+    assert words[0][0].shape[-2:] == normalize_image(pixels, HandwritingConfig(scale=1.0)).shape[-2:]
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert json.loads(checkpoint["recognizers"]["preprocess"])["scale"] == 1.0
+    fresh = WriterCodeModule()
+    fresh.on_load_checkpoint(checkpoint)
+    assert fresh.preprocess == base.preprocess
 
 
 @pytest.mark.slow

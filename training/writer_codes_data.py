@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.datasets.iam import MIN_WORDS, IAMDataset, SampleLevel, SplitKind, read_iam
 from data.episodes import NUM_PERMUTATIONS, SHOTS, EvalSplit, evaluation_splits, group_by_writer
-from data.handwriting import collate_images, normalize_image
+from data.handwriting import HandwritingConfig, collate_images, normalize_image
 from data.hinge import HingeConfig, HingeNormalizer, support_hinge
 
 __all__ = ["EvalSplitDataset", "WordDataset", "WriterCodeDataModule", "collate_words"]
@@ -54,15 +54,17 @@ def _pixels(dataset: IAMDataset, index: int) -> np.ndarray:
 class WordDataset(Dataset):
     """Training words as ``(image (1, H', W') normalised, text, writer index)``."""
 
-    def __init__(self, dataset: IAMDataset, writer_index: dict[str, int]) -> None:
+    def __init__(self, dataset: IAMDataset, writer_index: dict[str, int],
+                 preprocess: HandwritingConfig | None = None) -> None:
         self.dataset, self.writer_index = dataset, writer_index
+        self.preprocess = preprocess or HandwritingConfig()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int]:
         pixels, text, writer = self.dataset[index]
-        return normalize_image(pixels), text, self.writer_index[writer]
+        return normalize_image(pixels, self.preprocess), text, self.writer_index[writer]
 
 
 def collate_words(items: Sequence[tuple[torch.Tensor, str, int]]) -> dict[str, Any]:
@@ -83,11 +85,13 @@ class EvalSplitDataset(Dataset):
         dataset: the split's words.
         splits: from :func:`data.episodes.evaluation_splits` over ``dataset``.
         hinge: feature settings, or None for no Hinge vector.
+        preprocess: the image pipeline (the base model's); default ``HandwritingConfig()``.
     """
 
     def __init__(self, dataset: IAMDataset, splits: Sequence[EvalSplit],
-                 hinge: HingeConfig | None = None) -> None:
+                 hinge: HingeConfig | None = None, preprocess: HandwritingConfig | None = None) -> None:
         self.dataset, self.splits, self.hinge = dataset, list(splits), hinge
+        self.preprocess = preprocess or HandwritingConfig()
         self._counts: dict[int, np.ndarray] = {}  # per-image Hinge counts, shared by a writer's permutations
 
     def __len__(self) -> int:
@@ -102,9 +106,9 @@ class EvalSplitDataset(Dataset):
         query = [self.dataset[i] for i in split.query]
         texts = self.dataset.samples
         return {"writer": split.writer, "permutation": split.permutation,
-                "support_images": [normalize_image(support[i]) for i in split.support],
+                "support_images": [normalize_image(support[i], self.preprocess) for i in split.support],
                 "support_texts": [texts[i].text for i in split.support],
-                "query_images": [normalize_image(pixels) for pixels, _, _ in query],
+                "query_images": [normalize_image(pixels, self.preprocess) for pixels, _, _ in query],
                 "query_texts": [text for _, text, _ in query],
                 "query_ids": [texts[i].id for i in split.query],
                 "hinge": None if hinge is None else torch.from_numpy(hinge)}
@@ -155,6 +159,7 @@ class WriterCodeDataModule(L.LightningDataModule):
         self.datasets: dict[str, IAMDataset] = {}
         self.train_writers: list[str] = []  # sorted ids: row k of the code table is train_writers[k]
         self.hinge_config: HingeConfig | None = None
+        self.preprocess = HandwritingConfig()  # the base model's, set by WriterCodeModule.setup
 
     def _split_files(self) -> dict[str, str]:
         if self.hparams.split_files:
@@ -215,14 +220,16 @@ class WriterCodeDataModule(L.LightningDataModule):
         return splits
 
     def train_dataloader(self) -> DataLoader:
-        words = WordDataset(self.dataset("train"), {w: k for k, w in enumerate(self.train_writers)})
+        words = WordDataset(self.dataset("train"), {w: k for k, w in enumerate(self.train_writers)},
+                            self.preprocess)
         generator = torch.Generator().manual_seed(self.hparams.seed)
         workers = self.hparams.num_workers
         return DataLoader(words, batch_size=self.hparams.batch_size, shuffle=True, generator=generator,
                           collate_fn=collate_words, num_workers=workers, persistent_workers=workers > 0)
 
     def _eval_loader(self, which: str) -> DataLoader:
-        items = EvalSplitDataset(self.dataset(which), self.eval_splits(which), self.hinge_config)
+        items = EvalSplitDataset(self.dataset(which), self.eval_splits(which), self.hinge_config,
+                                 self.preprocess)
         return DataLoader(items, batch_size=None, shuffle=False, num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 
-from data.handwriting import CharVocabulary, collate_images
+from data.handwriting import CharVocabulary, HandwritingConfig, collate_images
 from data.hinge import HingeConfig
 from recognizers.checkpoint import read_bundle
 from recognizers.handwriting.config import HTRConfig, preset
@@ -99,6 +99,7 @@ class WriterCodeModule(L.LightningModule):
         self.model: WriterCodeModel | None = None
         self.vocab: CharVocabulary | None = None
         self.writer_ids: list[str] = []
+        self.preprocess = HandwritingConfig()  # the base model's image pipeline (set by setup)
         self._counts = torch.zeros(4, dtype=torch.float64)  # word errors, words, char errors, chars
 
     # ----- building ----------------------------------------------------------------------------
@@ -106,6 +107,7 @@ class WriterCodeModule(L.LightningModule):
         hp = self.hparams
         if hp.base_checkpoint:
             recognizer = HandwritingRecognizer.from_bundle(read_bundle(hp.base_checkpoint))
+            self.preprocess = recognizer.preprocess  # the images as the base model was trained on them
             return recognizer.model, recognizer.vocab
         log.warning("writer codes on a randomly initialised base model (no base_checkpoint): "
                     "smoke tests only")
@@ -122,6 +124,7 @@ class WriterCodeModule(L.LightningModule):
             return
         datamodule = self.trainer.datamodule
         self._build(*self._base(datamodule), datamodule.train_writers)
+        datamodule.preprocess = self.preprocess  # read when the data loaders are built, after setup
         if self.code_config.source == "hinge":
             cfg = self.code_config
             table, normalizer = datamodule.use_hinge(HingeConfig(cfg.hinge_bins, cfg.hinge_leg_length))
@@ -131,7 +134,8 @@ class WriterCodeModule(L.LightningModule):
         checkpoint["recognizers"] = {
             "model": CHECKPOINT_MODEL, "config": self.model.base.cfg.to_dict(), "vocab": self.vocab.to_json(),
             "writer_codes": json.dumps(self.code_config.to_dict()), "writers": json.dumps(self.writer_ids),
-            "code_adaptation": json.dumps(asdict(self.adaptation))}  # new writers' code fitting, for export
+            "code_adaptation": json.dumps(asdict(self.adaptation)),  # new writers' code fitting, for export
+            "preprocess": json.dumps(asdict(self.preprocess))}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Rebuild the model from the checkpoint's own metadata unless the one built by :meth:`setup`
@@ -143,6 +147,8 @@ class WriterCodeModule(L.LightningModule):
                              f"{self.code_config}")
         cfg, vocab = HTRConfig.from_dict(info["config"]), CharVocabulary.from_json(info["vocab"])
         writers = json.loads(info["writers"])
+        if info.get("preprocess"):
+            self.preprocess = HandwritingConfig(**json.loads(info["preprocess"]))
         if self.model is None or (self.model.base.cfg, self.vocab, self.writer_ids) != (cfg, vocab, writers):
             self._build(HTRModel(cfg), vocab, writers)
 
