@@ -218,26 +218,29 @@ void recompute_chunk(const Args<T>& a, const T* h_in, const T* dt, const T* dtu,
 
 template <typename T> struct Args;
 template <typename T> struct RowGrads {
-  std::vector<T> dt, dtu, dsp, gy, sz, hs, as, carry, dA;
+  std::vector<T> dt, dtu, dsp, gy, hs, as, carry, dA;
   RowGrads() = default;
   explicit RowGrads(const Args<T>& a)
-      : dt(a.len), dtu(a.len), dsp(a.len), gy(a.len), sz(a.len), hs(a.chunk * a.dstate),
+      : dt(a.len), dtu(a.len), dsp(a.len), gy(a.len), hs(a.chunk * a.dstate),
         as(a.chunk * a.dstate), carry(a.dstate), dA(a.dstate) {}
 };
 
-// Per-row gate pre-pass for the backward: gy = dout·silu(z) (the gradient reaching y), σ(z) for dz,
-// and dD = Σ_t gy·u. Vectorised over t, so the reverse loop below does no transcendental per step.
-template <typename T>
-T row_gate(const Args<T>& a, int64_t r, T* __restrict gy, T* __restrict sz) {
+// Per-row gate pre-pass for the backward: gy = dout·silu(z) (the gradient reaching y), dz (which
+// needs only the saved y before the gate, not the recurrence) and dD = Σ_t gy·u. Vectorised over t,
+// so the reverse loop below does no transcendental per step.
+template <typename T> T row_gate(const Args<T>& a, int64_t r, T* __restrict gy) {
   const int64_t L = a.len;
   const T* __restrict g = a.dout + r * L;
   const T* __restrict u = a.u + r * L;
   if (a.z) {
     const T* __restrict zr = a.z + r * L;
+    const T* __restrict yp = a.ypre + r * L;
+    T* __restrict dz = a.dz + r * L;
 #pragma omp simd
     for (int64_t t = 0; t < L; ++t) {
-      sz[t] = sigmoid(zr[t]);
-      gy[t] = g[t] * zr[t] * sz[t];
+      const T sz = sigmoid(zr[t]);
+      dz[t] = g[t] * yp[t] * sz * (T(1) + zr[t] * (T(1) - sz));
+      gy[t] = g[t] * zr[t] * sz;
     }
   } else {
     std::memcpy(gy, g, L * sizeof(T));
@@ -279,10 +282,6 @@ void reverse_chunk(const Args<T>& a, int64_t r, int64_t t0, int64_t q_len, const
       dA[n] += dh * s * ah;
       carry[n] = dh * aq[n];
     }
-    if (a.z) {  // y before the gate, saved by the forward
-      const T y = a.ypre[r * L + t], sz = w.sz[t], zt = a.z[r * L + t];
-      a.dz[r * L + t] = a.dout[r * L + t] * y * sz * (T(1) + zt * (T(1) - sz));
-    }
     a.du[r * L + t] = Dd * gy + s * sum_du;
     const T draw = sum_dd * w.dsp[t];
     a.ddelta[r * L + t] = draw;
@@ -295,7 +294,7 @@ template <typename T, int NS> void backward_row(const Args<T>& a, int64_t r, int
   const int64_t nck = (L + Q - 1) / Q;
   const int64_t b = r / a.dim, d = r % a.dim;
   row_delta(a, b, d, w.dt.data(), w.dtu.data(), w.dsp.data());
-  const T dD = row_gate(a, r, w.gy.data(), w.sz.data());
+  const T dD = row_gate(a, r, w.gy.data());
   const T* Ad = a.A + d * N;
   const int64_t boff = b * a.b_sb + (d / a.b_dpg) * a.b_sg;
   const int64_t coff = b * a.c_sb + (d / a.c_dpg) * a.c_sg;

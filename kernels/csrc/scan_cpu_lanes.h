@@ -36,17 +36,19 @@ void row_delta_v8(const Args<float>& a, int64_t b, int64_t d, float* dt, float* 
   }
 }
 
-float row_gate_v8(const Args<float>& a, int64_t r, float* gy, float* sz) {
+float row_gate_v8(const Args<float>& a, int64_t r, float* gy) {
   const int64_t L = a.len, L8 = L / 8 * 8;
   const float* g = a.dout + r * L;
   const float* u = a.u + r * L;
   const float* z = a.z ? a.z + r * L : nullptr;
+  const float* yp = z ? a.ypre + r * L : nullptr;
+  float* dz = z ? a.dz + r * L : nullptr;
   v8f dD{};
   for (int64_t t = 0; t < L8; t += 8) {
     v8f gv = vload(g + t);
     if (z) {
       const v8f zv = vload(z + t), s = vsigmoid(zv);
-      vstore(sz + t, s);
+      vstore(dz + t, gv * vload(yp + t) * s * (1.0f + zv * (1.0f - s)));
       gv = gv * zv * s;
     }
     vstore(gy + t, gv);
@@ -55,8 +57,9 @@ float row_gate_v8(const Args<float>& a, int64_t r, float* gy, float* sz) {
   float total = 0.0f;
   for (int j = 0; j < 8; ++j) total += dD[j];
   for (int64_t t = L8; t < L; ++t) {
-    if (z) sz[t] = sigmoid(z[t]);
-    gy[t] = z ? g[t] * z[t] * sz[t] : g[t];
+    const float s = z ? sigmoid(z[t]) : 1.0f;
+    if (z) dz[t] = g[t] * yp[t] * s * (1.0f + z[t] * (1.0f - s));
+    gy[t] = z ? g[t] * z[t] * s : g[t];
     total += gy[t] * u[t];
   }
   return total;
@@ -91,18 +94,18 @@ inline bool lanes_ok(const Args<float>& a) {
   return a.b_st != 0 && a.c_st != 0 && a.b_dpg % 8 == 0 && a.c_dpg % 8 == 0;
 }
 
-// Per-thread scratch. `rows` holds 5 row buffers of 8 rows each (padded stride Ls) for the per-row
+// Per-thread scratch. `rows` holds 4 row buffers of 8 rows each (padded stride Ls) for the per-row
 // pre-passes; the lane-major buffers hold one vector (8 channels) per step; state-sized buffers one
 // vector per state index; chunk buffers one vector per (step in chunk, state index).
 struct LaneScratch {
   int64_t Ls;
   std::vector<float> rows;
-  std::vector<v8f> dt, dtu, dsp, gy, sz, u, z, g, y, du, ddelta, dz;
+  std::vector<v8f> dt, dtu, dsp, gy, u, du, ddelta;
   std::vector<v8f> A, A2, h, carry, dA, hs, as, dCp, dBp;
   std::vector<float> dD;
   explicit LaneScratch(const Args<float>& a)
-      : Ls(a.len + 16), rows(5 * 8 * Ls), dt(a.len), dtu(a.len), dsp(a.len), gy(a.len), sz(a.len),
-        u(a.len), z(a.len), g(a.len), y(a.len), du(a.len), ddelta(a.len), dz(a.len), A(a.dstate),
+      : Ls(a.len + 16), rows(4 * 8 * Ls), dt(a.len), dtu(a.len), dsp(a.len), gy(a.len), u(a.len),
+        du(a.len), ddelta(a.len), A(a.dstate),
         A2(a.dstate), h(a.dstate), carry(a.dstate), dA(a.dstate), hs(a.chunk * a.dstate),
         as(a.chunk * a.dstate), dCp(a.dstate + 8), dBp(a.dstate + 8), dD(8) {}
   float* row(int k) { return rows.data() + k * 8 * Ls; }
@@ -258,10 +261,6 @@ void reverse_lanes(const Args<float>& a, int64_t r0, LaneScratch& w, const float
     const v8f draw = (ut * sdu_t + sdA_t) * w.dsp[t];
     w.ddelta[t] = draw;
     dbias += draw;
-    if (a.z) {
-      const v8f sz = w.sz[t], zt = w.z[t];
-      w.dz[t] = w.g[t] * w.y[t] * sz * (1.0f + zt * (1.0f - sz));  // y: before the gate, saved
-    }
   }
 }
 
@@ -270,16 +269,11 @@ template <int NS> void backward_lanes(const Args<float>& a, int64_t grp, int tid
   const int64_t r0 = 8 * grp, b = r0 / a.dim, d0 = r0 % a.dim;
   for (int j = 0; j < 8; ++j) {
     row_delta_v8(a, b, d0 + j, w.row(0) + j * w.Ls, w.row(1) + j * w.Ls, w.row(2) + j * w.Ls);
-    w.dD[j] = row_gate_v8(a, r0 + j, w.row(3) + j * w.Ls, w.row(4) + j * w.Ls);
+    w.dD[j] = row_gate_v8(a, r0 + j, w.row(3) + j * w.Ls);  // also writes row r0 + j of dz
   }
-  v8f* lanes[] = {w.dt.data(), w.dtu.data(), w.dsp.data(), w.gy.data(), w.sz.data()};
-  for (int k = 0; k < (a.z ? 5 : 4); ++k) rows_to_lanes(w.row(k), w.Ls, L, lanes[k]);
+  v8f* lanes[] = {w.dt.data(), w.dtu.data(), w.dsp.data(), w.gy.data()};
+  for (int k = 0; k < 4; ++k) rows_to_lanes(w.row(k), w.Ls, L, lanes[k]);
   rows_to_lanes(a.u + r0 * L, L, L, w.u.data());
-  if (a.z) {
-    rows_to_lanes(a.z + r0 * L, L, L, w.z.data());
-    rows_to_lanes(a.dout + r0 * L, L, L, w.g.data());
-    rows_to_lanes(a.ypre + r0 * L, L, L, w.y.data());
-  }
   load_lane_weights(a, d0, w);
   const int64_t boff = b * a.b_sb + (d0 / a.b_dpg) * a.b_sg, coff = b * a.c_sb + (d0 / a.c_dpg) * a.c_sg;
   for (int64_t n = 0; n < N; ++n) {
@@ -301,7 +295,6 @@ template <int NS> void backward_lanes(const Args<float>& a, int64_t grp, int tid
   }
   lanes_to_rows(w.du.data(), L, a.du + r0 * L, L);
   lanes_to_rows(w.ddelta.data(), L, a.ddelta + r0 * L, L);
-  if (a.z) lanes_to_rows(w.dz.data(), L, a.dz + r0 * L, L);
   for (int64_t n = 0; n < N; ++n) {
     if (a.dh0) scatter8(a.dh0 + r0 * N + n, N, w.carry[n]);
     float* dAt = a.dA + tid * a.dim * N + d0 * N + n;
