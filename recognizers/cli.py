@@ -99,6 +99,8 @@ def _add_adaptation_options(e: argparse.ArgumentParser) -> None:
                    help="text: per test writer, adapt on the first --shots words of --permutations fixed "
                         "permutations and score the rest; prints 'no adaptation' and 'adapted' rows on the "
                         "same query words and the split digest (--limit: query words per split)")
+    e.add_argument("--per-writer", action="store_true",
+                   help="text: also CER and WER per writer id (\"per_writer\" in the JSON)")
     e.add_argument("--writers", type=_positive, default=None, help="protocol: only the first N writers by id")
     e.add_argument("--shots", type=_positive, default=16, help="protocol: support words K (default 16)")
     e.add_argument("--permutations", type=_positive, default=10,
@@ -191,6 +193,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if (text_only and args.task != "text") or len(text_only) == 2:
         problem = "exclude each other" if len(text_only) == 2 else "is for --task text only"
         print(f"recognizers evaluate: error: {' and '.join(text_only)} {problem}", file=sys.stderr)
+        return 2
+    if args.per_writer and (args.task != "text" or args.adaptation_protocol):
+        print("recognizers evaluate: error: --per-writer is for --task text, without --adaptation-protocol",
+              file=sys.stderr)
         return 2
     try:
         report = run_evaluate(args, _load_recognizer)

@@ -133,7 +133,24 @@ def evaluate_text(args: Any, load_recognizer: Any) -> dict:
         profile = options["writer_profile"]
         report["writer_profile"] = {"path": str(args.writer_profile), "method": profile.method,
                                     "num_support": profile.num_support}
+    if getattr(args, "per_writer", False):
+        report["per_writer"] = per_writer_metrics([dataset.samples[i].writer for i in chosen], refs, hyps)
     return report
+
+
+def per_writer_metrics(writers: Sequence[str], refs: Sequence[str], hyps: Sequence[str]) -> dict:
+    """``{writer id: {"n", "cer", "wer"}}`` in writer-id order, each pooled over that writer's items (the
+    same measures as the corpus-level ones). On a synthetic corpus, ``writers.json`` names each writer's
+    font, so this shows which hands a model reads badly."""
+    from training.metrics import cer, wer
+
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for writer, ref, hyp in zip(writers, refs, hyps, strict=True):
+        own_refs, own_hyps = groups.setdefault(writer, ([], []))
+        own_refs.append(ref)
+        own_hyps.append(hyp)
+    return {writer: {"n": len(r), "cer": cer(r, h).rate, "wer": wer(r, h).rate}
+            for writer, (r, h) in sorted(groups.items())}
 
 
 def _writer_words(dataset: Any, rec: Any, indices: list[int]) -> dict[int, Any]:

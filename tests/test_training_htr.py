@@ -328,12 +328,37 @@ def test_evaluate_text_prints_cer_and_wer(trained, corpus, capsys, single_thread
     assert set(report["metrics"]) == {"cer", "wer"}
     assert report["metrics"]["cer"] >= 0
     assert 0 <= report["metrics"]["wer"] <= 1
+    assert main([*args, "--per-writer"]) == 0
+    per_writer = json.loads(capsys.readouterr().out)["per_writer"]
+    assert sum(row["n"] for row in per_writer.values()) == 6
+    assert len(per_writer) >= 2
+    assert list(per_writer) == sorted(per_writer)
+    assert all(set(row) == {"n", "cer", "wer"} for row in per_writer.values())
     validation = corpus / "splits" / "aachen" / "validation.uttlist"
     assert main([*args, "--beam-size", "2", "--split", str(validation)]) == 0
     assert json.loads(capsys.readouterr().out)["beam_size"] == 2
     assert main(["evaluate", "--task", "text", "--data", str(corpus / "absent"), "--model",
                  str(trained.bundle)]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_per_writer_metrics_pool_each_writers_items():
+    from recognizers.text_eval import per_writer_metrics
+
+    rows = per_writer_metrics(["b", "a", "b"], ["ab", "cd ef", "gh"], ["ab", "cd xf", "g"])
+    assert list(rows) == ["a", "b"]
+    assert rows["a"] == {"n": 1, "cer": 1 / 5, "wer": 1 / 2}
+    assert rows["b"] == {"n": 2, "cer": 1 / 4, "wer": 1 / 2}
+
+
+def test_evaluate_per_writer_is_for_plain_text_evaluation(corpus, capsys):
+    from recognizers.cli import main
+
+    assert main(["evaluate", "--task", "speech", "--data", str(corpus), "--per-writer"]) == 2
+    assert "--per-writer is for --task text" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "text", "--data", str(corpus), "--per-writer",
+                 "--adaptation-protocol"]) == 2
+    assert "--per-writer" in capsys.readouterr().err
 
 
 def test_transcribe_text_with_a_model_file(trained, corpus, capsys, single_thread):
