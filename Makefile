@@ -13,6 +13,7 @@ SYSTEM_PACKAGES += fonts-dkg-handwriting fonts-comic-neue fonts-rufscript fonts-
 # More hands for `recognizers synth text` (IAM-layout writers; data/synth/hands.py, writer-htr.md §10).
 SYSTEM_PACKAGES += fonts-dancingscript fonts-ecolier-court fonts-femkeklaver fonts-nanum-extra fonts-dustin
 SYSTEM_PACKAGES += fonts-tlwg-purisa-ttf fonts-kristi fonts-yusei-magic fonts-kaushanscript
+SYSTEM_PACKAGES += fonts-seto fonts-kiloji fonts-havana fonts-leckerli-one fonts-lobster fonts-cabinsketch
 # The OCR peer of benchmarks/tesseract_compare.py (platform.md: Tesseract 5.3.0, English model).
 SYSTEM_PACKAGES += tesseract-ocr tesseract-ocr-eng
 # The browser tests of the web app drive Debian's chromium through Playwright (platform.md §9).
