@@ -105,9 +105,9 @@ struct LaneScratch {
   std::vector<float> dD;
   explicit LaneScratch(const Args<float>& a)
       : Ls(a.len + 16), rows(4 * 8 * Ls), dt(a.len), dtu(a.len), dsp(a.len), gy(a.len), u(a.len),
-        du(a.len), ddelta(a.len), A(a.dstate),
-        A2(a.dstate), h(a.dstate), carry(a.dstate), dA(a.dstate), hs(a.chunk * a.dstate),
-        as(a.chunk * a.dstate), dCp(a.dstate + 8), dBp(a.dstate + 8), dD(8) {}
+        du(a.len), ddelta(a.len), A(a.dstate), A2(a.dstate), h(a.dstate), carry(a.dstate),
+        dA(a.dstate), hs(a.chunk * a.dstate), as(a.chunk * a.dstate), dCp(a.dstate + 8),
+        dBp(a.dstate + 8), dD(8) {}
   float* row(int k) { return rows.data() + k * 8 * Ls; }
 };
 
