@@ -99,6 +99,10 @@ def _add_adaptation_options(e: argparse.ArgumentParser) -> None:
                    help="text: per test writer, adapt on the first --shots words of --permutations fixed "
                         "permutations and score the rest; prints 'no adaptation' and 'adapted' rows on the "
                         "same query words and the split digest (--limit: query words per split)")
+    e.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
+                   help="protocol: more handwriting model files scored on the same splits after --model, "
+                        "each adding its 'not adapted' and 'adapted' rows (e.g. --model base.safetensors "
+                        "--compare metahtr.safetensors codes.safetensors: the table of writer-htr.md §9.1)")
     e.add_argument("--per-writer", action="store_true",
                    help="text: also CER and WER per writer id (\"per_writer\" in the JSON)")
     e.add_argument("--writers", type=_positive, default=None, help="protocol: only the first N writers by id")
@@ -193,6 +197,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if (text_only and args.task != "text") or len(text_only) == 2:
         problem = "exclude each other" if len(text_only) == 2 else "is for --task text only"
         print(f"recognizers evaluate: error: {' and '.join(text_only)} {problem}", file=sys.stderr)
+        return 2
+    if args.compare and not args.adaptation_protocol:
+        print("recognizers evaluate: error: --compare is for --adaptation-protocol", file=sys.stderr)
         return 2
     if args.per_writer and (args.task != "text" or args.adaptation_protocol):
         print("recognizers evaluate: error: --per-writer is for --task text, without --adaptation-protocol",

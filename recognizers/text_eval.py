@@ -6,12 +6,16 @@ writer-adaptation protocol (interfaces.md; writer-htr.md §5, §9.1).
 * **protocol** (:func:`adaptation_protocol`, ``--adaptation-protocol``): per test writer with at least 2K
   words, ``--permutations`` (10) fixed seeded permutations (``data.episodes.evaluation_splits``); in each
   the first K = ``--shots`` (16) words adapt the model (:meth:`HandwritingRecognizer.adapt`, the model
-  file's method) and all the others are the query words. Two rows on identical query sets: "no
-  adaptation" (the model's own weights; with a MetaHTR model file that is §9.1's "meta-trained, no
-  inner step" control) and "adapted". CER and WER pool every query word of every split and writer
-  (micro-average, §9.1); ``split_digest`` fingerprints the query sets so runs can be shown to match.
-  ``--writers N`` keeps the first N writers by id and ``--limit N`` the first N query words of each split
-  (both rows alike), to keep a run short.
+  file's method) and all the others are the query words. Every model file (``--model``, then each
+  ``--compare``) gives two rows on the identical query sets: its own weights, not adapted, and adapted.
+  With a base, a MetaHTR and a writer-code model file that is §9.1's table: base model; meta-trained
+  without the inner step (which separates "more training" from adaptation); the base model's classifier
+  fine-tuned (the naive baseline); MetaHTR adapted; writer codes. CER and WER pool every query word of
+  every split and writer (micro-average, §9.1); each adapted row also carries the mean and the largest
+  time of one adaptation (one writer's K support words) and its peak memory (rise of the resident set);
+  ``split_digest`` fingerprints the query sets so runs can be shown to match. ``--writers N`` keeps the
+  first N writers by id and ``--limit N`` the first N query words of each split (all rows alike), to
+  keep a run short.
 
 Images go through the model's numeric pipeline as in training (``normalize_image``, no polarity guess).
 """
@@ -59,12 +63,13 @@ def text_dataset(args: Any, min_words: int) -> tuple[Any, Any, str, Path | None]
     return corpus, dataset, level, split
 
 
-def _text_recognizer(args: Any, load_recognizer: Any) -> Recognizer:
+def _text_recognizer(args: Any, load_recognizer: Any, model: str | None = None) -> Recognizer:
     from .batch import UsageError
 
-    rec = load_recognizer(args.model or "text", args.device)
+    model = model or args.model or "text"
+    rec = load_recognizer(model, args.device)
     if rec.task != "text":
-        raise UsageError(f"evaluate --task text: {args.model} is a {rec.task} model")
+        raise UsageError(f"evaluate --task text: {model} is a {rec.task} model")
     return rec
 
 
@@ -196,8 +201,17 @@ def _protocol_splits(args: Any) -> tuple[Any, list, str, Any, Any]:
     return dataset, splits, split_digest(splits, dataset.ids), level, split
 
 
+# Row names of the §9.1 table by the adaptation method a model file carries.
+_ROW_NAMES = {"finetune": ("base model, no adaptation", "base model, classifier fine-tuned"),
+              "metahtr": ("meta-trained, not adapted", "MetaHTR adapted"),
+              "writer-code": ("writer-code model, no code", "writer codes adapted")}
+
+
 def _protocol_writer(args: Any, rec: Any, dataset: Any, splits: list, rows: dict, options: dict) -> None:
-    """Adapt and decode every split of one writer; appends references and both rows' hypotheses."""
+    """Adapt and decode every split of one writer; appends references, both rows' hypotheses, and the
+    time and peak memory of every adaptation."""
+    from .memory import PeakRSS
+
     texts = [s.text for s in dataset.samples]
     words = _writer_words(dataset, rec, sorted({i for s in splits for i in (*s.support, *s.query)}))
     start = time.perf_counter()
@@ -208,8 +222,10 @@ def _protocol_writer(args: Any, rec: Any, dataset: Any, splits: list, rows: dict
         support = _support(rec, words, texts, s.support)
         rows["skipped"] += len(s.support) - len(support)
         start = time.perf_counter()
-        profile = rec.adapt(support, steps=args.steps)
-        rows["adapt_seconds"] += time.perf_counter() - start
+        with PeakRSS() as peak:
+            profile = rec.adapt(support, steps=args.steps)
+        rows["adapt_times"].append(time.perf_counter() - start)
+        rows["adapt_peaks"].append(peak.mib)
         results = rec.recognize([words[i] for i in query], writer_profile=profile, **options)
         rows["seconds"] += time.perf_counter() - start
         rows["refs"] += [texts[i] for i in query]
@@ -217,33 +233,68 @@ def _protocol_writer(args: Any, rec: Any, dataset: Any, splits: list, rows: dict
         rows["adapted"] += [r.text for r in results]
 
 
-def adaptation_protocol(args: Any, load_recognizer: Any) -> dict:
-    """The writer-adaptation table of writer-htr.md §9.1 (module docstring). Returns the report.
-
-    Raises:
-        UsageError: no writer has enough words for the protocol.
-    """
+def _protocol_model(args: Any, rec: Any, dataset: Any, splits: list,
+                    model: str) -> tuple[list[str], list, float]:
+    """Both rows of one model file on the fixed splits: ``(references, [row, row], seconds)``."""
     from training.metrics import cer, wer
 
+    options = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
+    rows: dict[str, Any] = {"refs": [], "plain": [], "adapted": [], "seconds": 0.0, "adapt_times": [],
+                            "adapt_peaks": [], "skipped": 0}
+    for writer in sorted({s.writer for s in splits}):
+        _protocol_writer(args, rec, dataset, [s for s in splits if s.writer == writer], rows, options)
+    refs, method = rows["refs"], rec.adapter.method
+    names = _ROW_NAMES.get(method, ("no adaptation", f"adapted ({method})"))
+    times, peaks = rows["adapt_times"], [p for p in rows["adapt_peaks"] if p is not None]
+    table = [{"row": name, "model": model, "method": method, "cer": cer(refs, rows[key]).rate,
+              "wer": wer(refs, rows[key]).rate}
+             for name, key in zip(names, ("plain", "adapted"), strict=True)]
+    table[1].update({"adapt_seconds_mean": round(sum(times) / len(times), 3),
+                     "adapt_seconds_max": round(max(times), 3),
+                     "adapt_peak_mib": round(max(peaks), 1) if peaks else None,
+                     "support_words_skipped": rows["skipped"]})
+    return refs, table, rows["seconds"]
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = ["| row | model | CER | WER | adaptation s per writer (mean / max) | adaptation peak MiB |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        timing = (f"{r['adapt_seconds_mean']:.2f} / {r['adapt_seconds_max']:.2f}"
+                  if "adapt_seconds_mean" in r else "")
+        peak = r.get("adapt_peak_mib")
+        lines.append(f"| {r['row']} | {Path(r['model']).name} | {100 * r['cer']:.2f} % "
+                     f"| {100 * r['wer']:.2f} % | {timing} | {'' if peak is None else f'{peak:.0f}'} |")
+    return "\n".join(lines)
+
+
+def adaptation_protocol(args: Any, load_recognizer: Any) -> dict:
+    """The writer-adaptation table of writer-htr.md §9.1 (module docstring) for ``--model`` and every
+    ``--compare`` model file, all on the same query words. Returns the report; prints the table as
+    Markdown on stderr.
+
+    Raises:
+        UsageError: no writer has enough words for the protocol, or a model is not a handwriting model.
+    """
     dataset, splits, digest, level, split = _protocol_splits(args)
     writers = sorted({s.writer for s in splits})
     print(f"adaptation protocol: {len(writers)} writers, {len(splits)} splits, split digest {digest}",
           file=sys.stderr)
-    rec = _text_recognizer(args, load_recognizer)
-    options = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
-    rows: dict[str, Any] = {"refs": [], "plain": [], "adapted": [], "seconds": 0.0, "adapt_seconds": 0.0,
-                            "skipped": 0}
-    for writer in writers:
-        _protocol_writer(args, rec, dataset, [s for s in splits if s.writer == writer], rows, options)
-    refs = rows["refs"]
-    table = [{"row": name, "cer": cer(refs, rows[key]).rate, "wer": wer(refs, rows[key]).rate}
-             for name, key in (("no adaptation", "plain"), (f"adapted ({rec.adapter.method})", "adapted"))]
-    return {"task": "text", "model": str(args.model or rec.name), "protocol": "writer-adaptation",
-            "method": rec.adapter.method, "n": len(refs), "rows": table,
-            "metrics": {"cer": table[1]["cer"], "wer": table[1]["wer"], "cer_unadapted": table[0]["cer"],
-                        "wer_unadapted": table[0]["wer"]},
+    models = [args.model or "text", *(getattr(args, "compare", None) or [])]
+    table, seconds, refs = [], 0.0, None
+    for model in models:
+        rec = _text_recognizer(args, load_recognizer, model)
+        model_refs, rows, model_seconds = _protocol_model(args, rec, dataset, splits, str(model))
+        if refs is not None and model_refs != refs:  # same splits, so only a vocabulary could differ
+            raise RuntimeError(f"{model}: its query words differ from {models[0]}'s")
+        refs, table, seconds = model_refs, table + rows, seconds + model_seconds
+    print(_markdown(table), file=sys.stderr)
+    first = table[:2]
+    return {"task": "text", "model": str(models[0]), "models": [str(m) for m in models],
+            "protocol": "writer-adaptation", "method": first[1]["method"], "n": len(refs), "rows": table,
+            "metrics": {"cer": first[1]["cer"], "wer": first[1]["wer"], "cer_unadapted": first[0]["cer"],
+                        "wer_unadapted": first[0]["wer"]},
             "writers": len(writers), "splits": len(splits), "shots": args.shots,
             "permutations": args.permutations, "seed": args.seed, "split_digest": digest,
-            "support_words_skipped": rows["skipped"], "steps": args.steps, "level": level,
-            "split": str(split) if split else None, "beam_size": options.get("beam_size", 1),
-            "seconds": round(rows["seconds"], 3), "adapt_seconds": round(rows["adapt_seconds"], 3)}
+            "steps": args.steps, "level": level, "split": str(split) if split else None,
+            "beam_size": args.beam_size or 1, "seconds": round(seconds, 3)}

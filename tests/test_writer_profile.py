@@ -350,6 +350,11 @@ def test_cli_adapt_reads_a_labels_file(bundle, tmp_path, capsys):
     assert "missing.png" in capsys.readouterr().err
 
 
+def _scores(rows: list[dict]) -> list[dict]:
+    """A protocol table without its timings and memory (which vary run to run) and model paths."""
+    return [{k: v for k, v in row.items() if not k.startswith("adapt_") and k != "model"} for row in rows]
+
+
 def test_adaptation_protocol_reports_both_rows_and_the_split_digest(corpus, bundle, capsys):
     from data.datasets.iam import IAMDataset
     from data.episodes import evaluation_splits, split_digest
@@ -359,7 +364,8 @@ def test_adaptation_protocol_reports_both_rows_and_the_split_digest(corpus, bund
     assert main(args) == 0
     out, err = capsys.readouterr()
     report = json.loads(out)
-    assert [row["row"] for row in report["rows"]] == ["no adaptation", "adapted (finetune)"]
+    assert [row["row"] for row in report["rows"]] == ["base model, no adaptation",
+                                                      "base model, classifier fine-tuned"]
     assert all(0 <= row["wer"] <= 1 and row["cer"] >= 0 for row in report["rows"])
     assert (report["writers"], report["splits"], report["shots"], report["n"]) == (1, 2, 16, 12)
     assert report["split_digest"] in err
@@ -370,7 +376,55 @@ def test_adaptation_protocol_reports_both_rows_and_the_split_digest(corpus, bund
     assert report["split_digest"] == split_digest(first, test.ids)
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
-    assert (again["split_digest"], again["rows"]) == (report["split_digest"], report["rows"])
+    assert again["split_digest"] == report["split_digest"]
+    assert _scores(again["rows"]) == _scores(report["rows"])
+
+
+def _protocol_models(vocab, folder: Path) -> list[Path]:
+    """A MetaHTR and a writer-code model file over ``vocab`` (untrained: the protocol's plumbing only)."""
+    from training.metahtr_module import MetaHTRModule
+    from training.writer_codes_module import WriterCodeModule
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "MetaHTR from a randomly initialised model"
+        meta = MetaHTRModule(init={"size": "tiny", "chars": "".join(vocab.chars)},
+                             metahtr={"initial_inner_lr": 0.05, "adapt": ["decoder"]})
+    codes = WriterCodeModule(codes={"source": "learned", "injection": "cond_bn", "code_size": 8,
+                                    "bn_hidden": 8}, adaptation={"steps": 1, "lr": 0.1})
+    codes._build(tiny_model(vocab=vocab), vocab, ["000", "001"])
+    files = []
+    for name, module in (("meta", meta), ("codes", codes)):
+        checkpoint = {"state_dict": module.state_dict()}
+        module.on_save_checkpoint(checkpoint)
+        torch.save(checkpoint, folder / f"{name}.ckpt")
+        files.append(export_checkpoint(folder / f"{name}.ckpt", folder / f"{name}.safetensors"))
+    return files
+
+
+def test_adaptation_protocol_compares_model_files_on_the_same_words(corpus, bundle, tmp_path, capsys):
+    meta, codes = _protocol_models(recognizers.load(bundle).vocab, tmp_path)
+    common = ["evaluate", "--task", "text", "--data", str(corpus), "--device", "cpu", "--adaptation-protocol",
+              "--writers", "1", "--permutations", "2", "--limit", "4", "--steps", "1"]
+    assert main([*common, "--model", str(bundle), "--compare", str(meta), str(codes)]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert [row["row"] for row in report["rows"]] == [
+        "base model, no adaptation", "base model, classifier fine-tuned", "meta-trained, not adapted",
+        "MetaHTR adapted", "writer-code model, no code", "writer codes adapted"]
+    assert [row["method"] for row in report["rows"][1::2]] == ["finetune", "metahtr", "writer-code"]
+    assert report["models"] == [str(bundle), str(meta), str(codes)]
+    assert report["n"] == 8
+    for row in report["rows"][1::2]:
+        assert 0 < row["adapt_seconds_mean"] <= row["adapt_seconds_max"]
+        assert row["adapt_peak_mib"] is None or row["adapt_peak_mib"] >= 0
+    assert all("adapt_seconds_mean" not in row for row in report["rows"][::2])
+    table = [line for line in err.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + 6
+    assert "| MetaHTR adapted | meta.safetensors |" in table[5]
+    assert main([*common, "--model", str(meta)]) == 0  # a model's rows do not depend on the others
+    assert _scores(json.loads(capsys.readouterr().out)["rows"]) == _scores(report["rows"][2:4])
+    assert main([*common[:7], "--model", str(bundle), "--compare", str(meta)]) == 2
+    assert "--compare is for --adaptation-protocol" in capsys.readouterr().err
 
 
 def test_adapt_help_does_not_import_torch_or_lightning():
