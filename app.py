@@ -100,17 +100,19 @@ def _public(message: str) -> str:
     return re.sub(re.escape(cache.rstrip("/")) + r"/[^/\s]+/", "", message)
 
 
-def examples(suffixes: tuple[str, ...]) -> list[str]:
-    """The example inputs shipped with the package (made by this project's synthetic generators: held-out
-    handwriting fonts and TTS voices), as absolute paths."""
+def examples(prefix: str, suffixes: tuple[str, ...]) -> list[str]:
+    """The example inputs of one tab shipped with the package (``formula-*``, ``handwriting-*``,
+    ``speech-*``; made by this project's synthetic generators: held-out handwriting fonts and TTS voices),
+    as absolute paths."""
     folder = resources.files("recognizers") / "examples"
     if not folder.is_dir():
         return []
-    return sorted(str(folder / item.name) for item in folder.iterdir() if item.name.endswith(suffixes))
+    return sorted(str(folder / item.name) for item in folder.iterdir()
+                  if item.name.startswith(prefix) and item.name.endswith(suffixes))
 
 
-def _examples(component: gr.components.Component, suffixes: tuple[str, ...]) -> None:
-    found = examples(suffixes)
+def _examples(component: gr.components.Component, prefix: str, suffixes: tuple[str, ...]) -> None:
+    found = examples(prefix, suffixes)
     if found:
         gr.Examples(found, inputs=component, label="Examples")
 
@@ -227,7 +229,7 @@ def _math_tab(model: str, limits: Limits) -> None:
                 image = gr.Image(type="filepath", format="png", sources=["upload", "clipboard"],
                                  label="Formula image", image_mode="L")
                 upload_button = gr.Button("Recognize", variant="primary")
-                _examples(image, (".png",))
+                _examples(image, "formula-", (".png",))
             with gr.Tab("Draw"):
                 sketch = gr.Sketchpad(type="filepath", format="png", label="Draw a formula",
                                       brush=gr.Brush(default_size=4, colors=["#000000"], color_mode="fixed"),
@@ -270,7 +272,7 @@ def _speech_tab(model: str, limits: Limits) -> None:
         with gr.Column():
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio")
             button = gr.Button("Transcribe", variant="primary")
-            _examples(audio, (".flac", ".wav"))
+            _examples(audio, "speech-", (".flac", ".wav"))
             with gr.Accordion("Options", open=False):
                 beam = gr.Slider(1, 8, value=4, step=1, label="Beam size (1 = greedy)")
                 nbest = gr.Slider(1, 8, value=3, step=1, label="Hypotheses listed")
@@ -340,6 +342,7 @@ def _text_tab(model: str, limits: Limits) -> None:
             use_profile = gr.Checkbox(value=False, label="Use my handwriting (the writer profile of the "
                                       "\"My handwriting\" tab)")
             button = gr.Button("Read", variant="primary")
+            _examples(image, "handwriting-", (".png",))
             with gr.Accordion("Options", open=False):
                 beam = gr.Slider(1, 8, value=1, step=1, label="Beam size (1 = greedy)")
                 nbest = gr.Slider(1, 8, value=3, step=1, label="Hypotheses listed")

@@ -209,6 +209,17 @@ def test_command_line_defaults():
     assert (args.host, args.port, args.speech_model) == ("0.0.0.0", 8080, "m.safetensors")
 
 
+def test_each_tab_offers_only_its_own_examples():
+    formulas = app.examples("formula-", (".png",))
+    assert formulas
+    assert all(Path(f).name.startswith("formula-") and Path(f).is_file() for f in formulas)
+    speech = app.examples("speech-", (".flac", ".wav"))
+    assert [Path(f).name for f in speech] == ["speech-no-sooner-said.flac"]
+    words = app.examples("handwriting-", (".png",))
+    assert not set(words) & set(formulas)
+    assert all(Path(f).name.startswith("handwriting-") for f in words)
+
+
 def test_attention_overlays_draw_each_symbol():
     from recognizers.posformer.recognizer import AttentionView
 
