@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "Dropout",
     "KVCache",
     "MultiHeadAttention",
     "PositionalEncoding1d",
@@ -57,6 +58,27 @@ class KVCache:
     def index_select(self, index: Tensor) -> KVCache:
         """Select or duplicate rows. Args: index `(N',)` long."""
         return KVCache(self.key.index_select(0, index), self.value.index_select(0, index))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a cheaper mask on the CPU; elsewhere (and in eval mode) exactly ``nn.Dropout``.
+
+    PyTorch's CPU dropout draws one Mersenne-Twister number per element, single-threaded: on the 2-core
+    machine about 31 ms for a (16, 250, 576) activation, ~9 % of a Samba-ASR training step. Here one
+    64-bit draw gives the bytes of 8 elements and an element is kept when its byte is >= round(256·p), so
+    the drop rate is p rounded to a multiple of 1/256 (0.1 → 26/256 ≈ 0.102) and the kept values are
+    scaled by 256 / (256 − round(256·p)), which keeps the expectation exact. About 6 ms for the same
+    tensor. Same generator (seeded runs repeat), and the backward saves a bool mask, not a float one.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x, any shape. Returns: the same shape."""
+        drop = round(self.p * 256)
+        if not self.training or x.device.type != "cpu" or not 0 < drop < 256:
+            return super().forward(x)
+        words = torch.empty((x.numel() + 7) // 8, dtype=torch.int64).random_(-(2**63), None)
+        keep = words.view(torch.uint8)[: x.numel()].view(x.shape) >= drop
+        return torch.where(keep, x * (256 / (256 - drop)), 0.0)
 
 
 def reindex_sources(source: Tensor, index: Tensor) -> tuple[Tensor, bool]:

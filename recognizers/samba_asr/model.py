@@ -32,6 +32,7 @@ from torch import nn
 
 from data.audio import GlobalCMVN
 
+from ..layers import Dropout
 from .config import SambaASRConfig
 from .mamba import BiMamba, Mamba, MambaState, rescale_out_proj_
 
@@ -78,7 +79,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, mult * d_model)
         self.fc2 = nn.Linear(mult * d_model, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(F.silu(self.fc1(x))))
@@ -93,7 +94,7 @@ class EncoderBlock(nn.Module):
         self.mixer = BiMamba(cfg.mixer)
         self.norm_ffn = nn.LayerNorm(cfg.d_model) if cfg.ffn_mult else None
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_mult, cfg.dropout) if cfg.ffn_mult else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Args: x `(B, T', d)`, mask `(B, T')`. Returns: `(B, T', d)`."""
@@ -133,7 +134,7 @@ class DecoderLayer(nn.Module):
         self.norm_cross, self.cross_mix = nn.LayerNorm(d), Mamba(cfg.mixer)
         self.norm_ffn = nn.LayerNorm(d) if cfg.ffn_mult else None
         self.ffn = FeedForward(d, cfg.ffn_mult, cfg.dropout) if cfg.ffn_mult else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, y: torch.Tensor, text_mask: torch.Tensor, memory: torch.Tensor,
                 memory_mask: torch.Tensor) -> torch.Tensor:
@@ -197,7 +198,7 @@ class SambaASR(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.decoder_norm = nn.LayerNorm(d)
         self.out_proj = nn.Linear(d, V)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self._init_weights()
 
     @torch.no_grad()
