@@ -1,0 +1,46 @@
+"""The bundled models under ``recognizers/weights/`` (issues #3, #4, #5): each registered model either ships
+a loadable file under 40 MB or says clearly that it is missing, and the shipped examples of a task are
+read correctly by that task's bundled model (so the web app's example buttons show right answers)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+import recognizers
+from recognizers.registry import REGISTRY, weights_path
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+EXAMPLES = Path(str(resources.files("recognizers") / "examples"))
+
+
+@pytest.fixture(autouse=True)
+def _bundled_only(monkeypatch):
+    monkeypatch.delenv("RECOGNIZERS_WEIGHTS_DIR", raising=False)  # the package's own files, not a user's
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_bundled_file_loads_or_is_reported_missing(name):
+    spec, path = REGISTRY[name], weights_path(REGISTRY[name])
+    if not path.is_file():
+        with pytest.raises(ValueError, match=rf"model {name!r}: its weights file .* is missing"):
+            recognizers.load(name, device="cpu")
+        assert name not in recognizers.available()
+        return
+    assert path.stat().st_size < 40e6
+    rec = recognizers.load(name, device="cpu")
+    assert (rec.name, rec.task) == (name, spec.task)
+    assert name in recognizers.available()
+
+
+def test_handwriting_examples_are_read_by_the_bundled_model():
+    examples = sorted(EXAMPLES.glob("handwriting-*.png"))
+    if not examples:  # no examples shipped: nothing to read (the app shows no example row)
+        assert not list(EXAMPLES.glob("handwriting-*"))
+        return
+    rec = recognizers.load("handwriting", device="cpu")  # examples ship only with a bundled model
+    texts = [r.text for r in rec.recognize([str(p) for p in examples])]
+    assert texts == [p.stem.removeprefix("handwriting-") for p in examples]
