@@ -97,8 +97,8 @@ def _add_adaptation_options(e: argparse.ArgumentParser) -> None:
                    "profile (from `recognizers adapt`)")
     e.add_argument("--adaptation-protocol", action="store_true",
                    help="text: per test writer, adapt on the first --shots words of --permutations fixed "
-                        "permutations and score the rest; prints 'no adaptation' and 'adapted' rows on the "
-                        "same query words and the split digest (--limit: query words per split)")
+                        "permutations and score the rest; prints the model's 'not adapted' and 'adapted' "
+                        "rows on the same query words and the split digest (--limit: query words per split)")
     e.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
                    help="protocol: more handwriting model files scored on the same splits after --model, "
                         "each adding its 'not adapted' and 'adapted' rows (e.g. --model base.safetensors "
