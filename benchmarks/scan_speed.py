@@ -30,26 +30,19 @@ SHAPE = {"batch": 4, "dim": 512, "dstate": 16}
 WARMUP = 3  # forward+backward runs before timing, for every backend alike
 
 
-def _status_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak since the last reset), in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def _peak_mib(run) -> float:
     """Rise of the resident set while ``run()`` runs, after a warm-up run (which builds the fused kernel
     and imports what the first call imports, so neither is counted)."""
+    from recognizers.memory import PeakRSS, status_kib
+
     run()
     gc.collect()
-    base = _status_kib("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-    except OSError:  # no reset available: fall back to the lifetime peak, which includes the warm-up
+    base = status_kib("VmRSS") or 0
+    with PeakRSS() as peak:
+        run()
+    if peak.mib is None:  # no reset available: the lifetime peak, which includes the warm-up
         return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    run()
-    return (_status_kib("VmHWM") - base) / 1024
+    return peak.mib
 
 
 def _worker(backend: str, length: int, repeats: int) -> dict:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PeakRSS"]
+__all__ = ["PeakRSS", "status_kib"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
+    """A field of ``/proc/self/status`` in KiB (``VmRSS``: resident now, ``VmHWM``: its peak), or None."""
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith(field + ":"):
@@ -42,7 +43,7 @@ class PeakRSS:
         self._base: int | None = None
 
     def __enter__(self) -> PeakRSS:
-        self.mib, self._base = None, _status_kib("VmRSS")
+        self.mib, self._base = None, status_kib("VmRSS")
         try:
             _CLEAR_REFS.write_text("5")  # the high-water mark restarts from the current resident set
         except OSError:
@@ -50,6 +51,6 @@ class PeakRSS:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
         if self._base is not None and peak is not None:
             self.mib = max(0.0, (peak - self._base) / 1024)
