@@ -179,6 +179,13 @@ def test_plain_model_file_keeps_its_finetuning_settings(tmp_path):
         [r.text for r in rec.recognize(_queries(), writer_profile=profile)]
 
 
+def _save_checkpoint(module, path: Path) -> None:
+    """What Lightning writes for ``module``: its state dict and its ``on_save_checkpoint`` metadata."""
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+
+
 def _metahtr_checkpoint(path: Path):
     from training.metahtr_module import MetaHTRModule
 
@@ -189,9 +196,7 @@ def _metahtr_checkpoint(path: Path):
     with torch.no_grad():  # meta-trained rates differ per tensor
         for k, log_lr in enumerate(module.meta.inner_lr.log_lr.values()):
             log_lr.add_(0.1 * k)
-    checkpoint = {"state_dict": module.state_dict()}
-    module.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, path)
+    _save_checkpoint(module, path)
     return module
 
 
@@ -232,9 +237,7 @@ def test_writer_code_export_keeps_the_adapter(tmp_path, codes):
     with torch.no_grad():  # a trained adapter (the zero-initialised one reproduces the base exactly)
         for p in module.model.trainable_parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    checkpoint = {"state_dict": module.state_dict()}
-    module.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, tmp_path / "codes.ckpt")
+    _save_checkpoint(module, tmp_path / "codes.ckpt")
     bundle = read_bundle(export_checkpoint(tmp_path / "codes.ckpt", tmp_path / "codes.safetensors"))
     assert bundle.model == "handwriting"
     assert "codes.codes.weight" not in bundle.state_dict  # the training writers' codes are dropped
@@ -394,9 +397,7 @@ def _protocol_models(vocab, folder: Path) -> list[Path]:
     codes._build(tiny_model(vocab=vocab), vocab, ["000", "001"])
     files = []
     for name, module in (("meta", meta), ("codes", codes)):
-        checkpoint = {"state_dict": module.state_dict()}
-        module.on_save_checkpoint(checkpoint)
-        torch.save(checkpoint, folder / f"{name}.ckpt")
+        _save_checkpoint(module, folder / f"{name}.ckpt")
         files.append(export_checkpoint(folder / f"{name}.ckpt", folder / f"{name}.safetensors"))
     return files
 
