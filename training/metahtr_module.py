@@ -10,7 +10,10 @@ tests only.
   ``manual_backward(L_q / ways)`` at once, so each task's graph is freed before the next (§7.2); then
   optional clipping (``grad_clip``: with manual optimisation the Trainer's ``gradient_clip_val`` is not
   available) and one outer AdamW step over θ, α and γ (lr 8e-6, weight decay 0 by default, §11), with an
-  optional cosine schedule down to ``cosine_min_lr``.
+  optional cosine schedule down to ``cosine_min_lr``. ``meta_lr`` gives log α and γ their own rate:
+  α is stored as log α (§7.2), so at the thesis's shared 8e-6 an Adam step moves α by a factor of at most
+  e^8e-6 and α would stay where it started over any run this machine can afford; the thesis's raw α
+  moved by up to 8e-6 per step, 8 % of its 1e-4 start.
 * **validation_step / test_step**: one writer per batch; for each of its fixed splits, adapt on the
   first K words (first order, nothing kept) and decode the query words greedily with θ' in chunks of at
   most ``val_chunk``; the "meta-trained, no adaptation" control decodes the same query words with θ.
@@ -88,6 +91,7 @@ class MetaHTRModule(L.LightningModule):
         init: random initialisation when ``base`` is None (see :func:`load_base`).
         metahtr: fields of :class:`~recognizers.handwriting.metahtr.MetaHTRConfig`.
         optimizer: the outer optimiser over θ, α and γ; None: AdamW(lr 8e-6, weight decay 0).
+        meta_lr: outer learning rate of log α and γ (None: the optimiser's own, as for θ).
         grad_clip: clip the outer gradient to this norm (None: no clipping).
         cosine_min_lr: cosine schedule of the outer lr down to this value over the run (None: constant).
         outer_dropout: dropout in the query pass (BatchNorm stays on running statistics).
@@ -96,7 +100,8 @@ class MetaHTRModule(L.LightningModule):
     """
 
     def __init__(self, base: str | None = None, init: dict | None = None, metahtr: dict | None = None,
-                 optimizer: OptimizerCallable | None = None, grad_clip: float | None = None,
+                 optimizer: OptimizerCallable | None = None, meta_lr: float | None = None,
+                 grad_clip: float | None = None,
                  cosine_min_lr: float | None = None, outer_dropout: bool = False, val_chunk: int = 128,
                  val_control: bool = True) -> None:
         super().__init__()
@@ -225,7 +230,12 @@ class MetaHTRModule(L.LightningModule):
 
     # ----- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        params: list = [p for p in self.parameters() if p.requires_grad]
+        if self.hparams.meta_lr is not None:
+            meta = {id(p) for p in self.meta.parameters()}
+            groups = [{"params": [p for p in params if id(p) not in meta]},
+                      {"params": [p for p in params if id(p) in meta], "lr": self.hparams.meta_lr}]
+            params = [g for g in groups if g["params"]]
         if self.optimizer_factory is None:
             optimizer = torch.optim.AdamW(params, lr=OUTER_LR, weight_decay=0.0)
         else:
