@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from data.datasets.iam import IAMCorpus, IAMDataset, read_iam
 from data.episodes import NUM_PERMUTATIONS, SHOTS, WAYS, TaskSampler, evaluation_splits, split_digest
@@ -116,6 +116,11 @@ class EpisodeDataModule(L.LightningDataModule):
         shots: K (16): a training task holds 2K words; evaluation supports hold K.
         num_permutations: evaluation splits per writer (10).
         val_writers: evaluate only this many validation writers (None: all).
+        task_splits: the splits whose writers make the training tasks (default the training split). A base
+            model reads its own training writers almost perfectly, so tasks from them teach the inner loop
+            little about new hands; ``["val"]`` (or ``["train", "val"]``) meta-trains on writers the base
+            never saw, and the evaluated validation writers (the first ``val_writers`` by id) are then left
+            out of the tasks.
         seed: the task sampler's seed; eval_seed: the evaluation splits' seed.
         num_workers: DataLoader workers.
 
@@ -124,9 +129,14 @@ class EpisodeDataModule(L.LightningDataModule):
 
     def __init__(self, root: str, split_files: dict[str, str] | None = None, split_kind: str = "forms",
                  ways: int = WAYS, shots: int = SHOTS, num_permutations: int = NUM_PERMUTATIONS,
-                 val_writers: int | None = None, seed: int = 0, eval_seed: int = 0,
-                 num_workers: int = 0) -> None:
+                 val_writers: int | None = None, task_splits: Sequence[str] = ("train",), seed: int = 0,
+                 eval_seed: int = 0, num_workers: int = 0) -> None:
         super().__init__()
+        if not task_splits or set(task_splits) - {"train", "val"}:
+            raise ValueError(f"task_splits must be a non-empty subset of train, val; got {task_splits}")
+        if "val" in task_splits and val_writers is None:
+            raise ValueError("task_splits with val needs val_writers: the validation writers kept out of the "
+                             "training tasks")
         self.save_hyperparameters()
         self.corpus: IAMCorpus | None = None
         self.datasets: dict[str, IAMDataset] = {}
@@ -152,12 +162,27 @@ class EpisodeDataModule(L.LightningDataModule):
                                               split_kind=hp.split_kind, min_words=2 * hp.shots)
         return self.datasets[split]
 
+    def _task_words(self) -> tuple[Dataset, list[str]]:
+        """The words the training tasks draw from, and each one's writer (validation writers left out)."""
+        hp = self.hparams
+        held_out: set[str] = set()
+        if "val" in hp.task_splits:
+            held_out = set(sorted(set(self._dataset("val").writers))[: hp.val_writers])
+        parts, writers = [], []
+        for split in hp.task_splits:
+            dataset = self._dataset(split)
+            keep = [i for i, w in enumerate(dataset.writers) if w not in held_out]
+            parts.append(Subset(_Words(dataset, self.preprocess), keep))
+            writers += [dataset.writers[i] for i in keep]
+        log.info("training tasks from %s: %d writers (%s held out for validation)", "+".join(hp.task_splits),
+                 len(set(writers)), ", ".join(sorted(held_out)) or "none")
+        return ConcatDataset(parts), writers
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        dataset = self._dataset("train")
-        sampler = TaskSampler(dataset.writers, ways=hp.ways, shots=hp.shots, seed=hp.seed)
-        return DataLoader(_Words(dataset, self.preprocess), batch_sampler=sampler, collate_fn=collate_words,
-                          num_workers=hp.num_workers)
+        words, writers = self._task_words()
+        sampler = TaskSampler(writers, ways=hp.ways, shots=hp.shots, seed=hp.seed)
+        return DataLoader(words, batch_sampler=sampler, collate_fn=collate_words, num_workers=hp.num_workers)
 
     def _evaluation(self, split: str, max_writers: int | None) -> DataLoader:
         hp = self.hparams
