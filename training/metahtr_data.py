@@ -6,7 +6,8 @@ the thesis's meta-training default).
 
 * **train**: ``data.episodes.TaskSampler`` as the batch sampler: one batch is a meta-batch of ``ways``
   writers × 2K words, task after task; the module splits it at writer changes, support = even
-  positions, query = odd (§5).
+  positions, query = odd (§5). The tasks' writers are those of ``task_splits`` (the training split by
+  default; see :class:`EpisodeDataModule`).
 * **validation / test**: one batch per writer (all its words, loaded once) with the writer's
   ``num_permutations`` fixed splits from ``data.episodes.evaluation_splits`` as positions into those
   words: support = the first K, query = all the others (§5, §9.1). ``split_digest`` (logged, and kept as
