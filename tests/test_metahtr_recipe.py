@@ -1,4 +1,4 @@
-"""Options of MetaHTR's CPU recipe: the outer rate of log α and γ (meta_lr) and tasks from writers the
+"""Options of MetaHTR's CPU recipe: the outer rate of log α (meta_lr) and tasks from writers the
 base model never saw (task_splits)."""
 
 import pytest
@@ -23,17 +23,19 @@ def _one_step(module):
     return optimizer, {n: float((p.detach() - before[n]).abs().max()) for n, p in module.named_parameters()}
 
 
-def test_meta_lr_gives_rates_and_weight_net_their_own_group():
+def test_meta_lr_gives_the_inner_rates_their_own_group():
     module = _module(meta_lr=1e-2)
     optimizer, moved = _one_step(module)
-    meta = {id(p) for p in module.meta.parameters()}
+    meta = {id(p) for p in module.meta.inner_lr.parameters()}
     lrs = [(g["lr"], {id(p) for p in g["params"]}) for g in optimizer.param_groups]
     assert [lr for lr, _ in lrs] == [OUTER_LR, 1e-2]
     assert lrs[1][1] == meta
     assert not lrs[0][1] & meta
     # Adam's first step moves every parameter by about its group's rate (float32: a few % at 1.0)
-    assert all(v == pytest.approx(1e-2, rel=0.01) for n, v in moved.items() if n.startswith("meta."))
-    assert all(v == pytest.approx(OUTER_LR, rel=0.05) for n, v in moved.items() if n.startswith("model."))
+    assert all(v == pytest.approx(1e-2, rel=0.01) for n, v in moved.items() if n.startswith("meta.inner_lr."))
+    others = [v for n, v in moved.items() if not n.startswith("meta.inner_lr.")]  # θ and γ
+    assert any(n.startswith("meta.weight_net.") for n in moved)
+    assert all(v == pytest.approx(OUTER_LR, rel=0.05) for v in others)
 
 
 def test_without_meta_lr_one_group_at_the_thesis_rate():
