@@ -1,7 +1,7 @@
 """Plain fine-tuning of a handwriting model on a writer's support words, over a grid of settings.
 
     python benchmarks/finetune_sweep.py [--data corpora/text] [--model handwriting] [--permutations 2]
-        [--limit 40] [--out report.json] SETTING [SETTING ...]
+        [--limit 40] [--out report.json] SETTING [SETTING ...]   (--model: the plain base by default)
 
 A SETTING is ``PREFIXES:LR:STEPS``: the parameter-name prefixes that adapt (comma-separated; empty =
 every parameter), the fixed SGD rate and the number of full-batch steps, e.g. ``:1e-2:10`` (the whole
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("settings", nargs="+", help="PREFIXES:LR:STEPS")
     p.add_argument("--data", default="corpora/text")
-    p.add_argument("--model", default="handwriting")
+    p.add_argument("--model", default="recognizers/weights/handwriting-base.safetensors")
     p.add_argument("--permutations", type=int, default=2)
     p.add_argument("--limit", type=int, default=40, help="query words per split")
     p.add_argument("--threads", type=int, default=2)

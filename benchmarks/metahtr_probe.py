@@ -1,6 +1,6 @@
 """MetaHTR's validation on a few writers, without training: how well an inner-loop setting adapts.
 
-    python benchmarks/metahtr_probe.py [--base recognizers/weights/handwriting.safetensors | --ckpt RUN.ckpt]
+    python benchmarks/metahtr_probe.py [--base recognizers/weights/handwriting-base.safetensors | --ckpt RUN.ckpt]
         [--data corpora/text] [--writers 4] [--permutations 3] SETTING [SETTING ...]
 
 A SETTING is ``STEPS:RATE`` (inner steps and the starting inner rate α of every tensor, e.g. ``5:4e-3``),
@@ -45,7 +45,7 @@ def _module(args: argparse.Namespace, spec: str):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("settings", nargs="+", help="STEPS:RATE[:plain]")
-    p.add_argument("--base", default="recognizers/weights/handwriting.safetensors")
+    p.add_argument("--base", default="recognizers/weights/handwriting-base.safetensors")
     p.add_argument("--ckpt", default=None, help="a MetaHTRModule checkpoint (keeps its rates and g_γ)")
     p.add_argument("--data", default="corpora/text")
     p.add_argument("--writers", type=int, default=4)

@@ -1,6 +1,8 @@
 """Options of MetaHTR's CPU recipe: the outer rate of log α (meta_lr) and tasks from writers the
 base model never saw (task_splits)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from iam_fixtures import write_iam_tree
@@ -73,3 +75,17 @@ def test_task_splits_with_val_need_the_validation_writers_named():
         EpisodeDataModule("unused", task_splits=["val"])
     with pytest.raises(ValueError, match="subset of train, val"):
         EpisodeDataModule("unused", task_splits=["test"])
+
+
+@pytest.mark.parametrize(("config", "key"), [("metahtr_synth.yaml", "base"),
+                                             ("writer_codes_synth.yaml", "base_checkpoint")])
+def test_synthetic_recipes_start_from_the_shipped_plain_base(config, key):
+    import yaml
+
+    from recognizers.checkpoint import read_bundle
+
+    root = Path(__file__).resolve().parents[1]
+    path = yaml.safe_load((root / "training" / "configs" / config).read_text())["model"]["init_args"][key]
+    bundle = read_bundle(root / path)  # shipped, so the recipe runs from a fresh clone
+    assert bundle.model == "handwriting"
+    assert not {"metahtr", "writer_codes"} & set(bundle.extras)  # a base, not an adapted model file
