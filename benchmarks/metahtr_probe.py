@@ -1,7 +1,7 @@
 """MetaHTR's validation on a few writers, without training: how well an inner-loop setting adapts.
 
-    python benchmarks/metahtr_probe.py [--base recognizers/weights/handwriting-base.safetensors | --ckpt RUN.ckpt]
-        [--data corpora/text] [--writers 4] [--permutations 3] SETTING [SETTING ...]
+    python benchmarks/metahtr_probe.py [--base recognizers/weights/handwriting-base.safetensors]
+        [--ckpt RUN.ckpt] [--data corpora/text] [--writers 4] [--permutations 3] SETTING [SETTING ...]
 
 A SETTING is ``STEPS:RATE`` (inner steps and the starting inner rate α of every tensor, e.g. ``5:4e-3``),
 with ``:plain`` appended for the mean cross-entropy instead of instance weights. With ``--ckpt`` (a
