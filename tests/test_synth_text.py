@@ -138,8 +138,9 @@ def test_ascii_files_agree_with_each_other_and_the_images(corpus):
                 assert im.mode == "L"
                 assert im.size == item["box"][2:]
                 pixels = np.asarray(im)
-                assert pixels.max() > 150  # light paper...
-                assert pixels.min() < pixels.max() - 60  # ...and dark ink
+                if min(pixels.shape) >= 8:  # a crop of a full stop can be ink edge to edge
+                    assert pixels.max() > 150  # light paper...
+                assert pixels.min() < max(pixels.max(), 150) - 60  # ...and dark ink
                 if level == "lines":
                     assert np.median(pixels) > 150  # mostly paper
     heights = [w["box"][3] for w in gt["words"].values() if w["text"].isalpha() and len(w["text"]) > 3]

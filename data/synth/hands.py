@@ -54,8 +54,10 @@ __all__ = [
     "FACES",
     "JITTER",
     "Face",
+    "GlyphStyle",
     "WriterStyle",
     "accepted_faces",
+    "draw_glyph_style",
     "draw_style",
     "face_problem",
     "face_stroke",
@@ -122,7 +124,7 @@ FACES: tuple[Face, ...] = (
 )
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)  # glyph variation asks for a few sizes of two faces per writer
 def load_font(path: str, size: int):
     """A Pillow font (cached: a few sizes per writer are reused for every word)."""
     from PIL import ImageFont
@@ -252,4 +254,51 @@ def draw_style(rng: np.random.Generator) -> WriterStyle:
         elastic=_round(rng.uniform(0.0, 0.07)),
         elastic_scale=_round(rng.uniform(0.6, 1.6)),
         margin=int(rng.integers(150, 400)),
+    )
+
+
+@dataclass(frozen=True)
+class GlyphStyle:
+    """A training writer's per-glyph variation (corpus version 3); lengths in x-heights.
+
+    A font draws every ``a`` alike, so a model trained on a few dozen fonts learns those fonts'
+    glyphs rather than letters. Each glyph of a training writer therefore gets its own small size,
+    width, rotation and height jitter, and some letters come from a second training face (the
+    *donor*, persistent per writer), so the training hands are new combinations of letter shapes
+    and no two ``a`` of a writer are identical. Validation and test writers draw plain faces, as
+    before, so their images are unchanged.
+    """
+
+    donor: str  # file name of the donor face ("" when none)
+    borrowed: str  # the letters this writer draws with the donor face
+    size: float  # std of a glyph's log size
+    width: float  # std of a glyph's log width
+    rotation: float  # std of a glyph's rotation about its foot, radians
+    shift: float  # std of a glyph's vertical shift
+
+
+def draw_glyph_style(rng: np.random.Generator, face: Face, donors: list[Face]) -> GlyphStyle:
+    """Draw a training writer's glyph variation.
+
+    Args:
+        rng: the writer's own glyph generator.
+        face: the writer's face.
+        donors: the faces letters may be borrowed from; those of ``face``'s family are skipped.
+
+    Returns:
+        The variation, rounded to 4 decimals so that ``writers.json`` reproduces it exactly.
+    """
+    others = [d for d in donors if d.family != face.family]
+    donor, borrowed = "", ""
+    if others and rng.uniform() < 0.8:
+        donor = others[int(rng.integers(len(others)))].file
+        share = rng.uniform(0.1, 0.5)
+        borrowed = "".join(ch for ch in string.ascii_letters if rng.uniform() < share)
+    return GlyphStyle(
+        donor=donor,
+        borrowed=borrowed,
+        size=_round(rng.uniform(0.015, 0.06)),
+        width=_round(rng.uniform(0.02, 0.08)),
+        rotation=_round(rng.uniform(0.01, 0.08)),
+        shift=_round(rng.uniform(0.01, 0.06)),
     )

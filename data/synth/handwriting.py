@@ -5,6 +5,8 @@ generator; each operation is a few lines):
 
 1. letters one by one at their natural advance (kerning kept) plus the writer's letter spacing, on a
    baseline that waves along the word (the writer's wobble amplitude);
+   a training writer of corpus version 3 (:class:`hands.GlyphStyle`) varies each glyph's size,
+   width, rotation and height, and draws some letters with a second face;
 2. stroke width towards the writer's pen width (whatever the face's own): Pillow's text stroke
    dilates the glyphs by whole pixels; a thinner pen is one 3x3 erosion, skipped where it would
    remove more than half of the ink;
@@ -22,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from .hands import JITTER, WriterStyle, face_stroke, font_size, load_font
+from .hands import JITTER, GlyphStyle, WriterStyle, face_stroke, font_size, load_font
 
 __all__ = ["INK_LEVEL", "WordInk", "components", "render_word"]
 
@@ -67,6 +69,78 @@ def _draw(text: str, path: str, style: WriterStyle, rng: np.random.Generator,
             y0, y1 = (baseline - xh * rng.uniform(0.3, 0.7, size=2))
             draw.line((pad_x - 0.2 * xh, y0, pad_x + advance + 0.2 * xh, y1), fill=255, width=width)
     return canvas, baseline
+
+
+def _glyph_fonts(text: str, path: str, donor: str | None, xh: float, glyphs: GlyphStyle,
+                 pen: float, rng: np.random.Generator) -> list[tuple[object, int, float]]:
+    """(font, stroke px, width factor) per character of a writer with glyph variation."""
+    plans = []
+    for ch in text:
+        face = donor if donor and ch in glyphs.borrowed else path
+        size = font_size(face, round(xh * float(np.exp(glyphs.size * _normal(rng)))))
+        width = float(np.exp(glyphs.width * _normal(rng)))
+        width = width if ch.isalpha() else 1.0
+        plans.append((load_font(face, size), max(_dilation(face, pen, xh), 0), width))
+    return plans
+
+
+def _normal(rng: np.random.Generator) -> float:
+    """A standard normal draw clipped to +-2: one glyph twice its neighbours' size reads as a capital."""
+    return float(np.clip(rng.normal(), -2.0, 2.0))
+
+
+def _draw_glyphs(text: str, path: str, donor: str | None, style: WriterStyle, glyphs: GlyphStyle,
+                 rng: np.random.Generator, struck: bool) -> tuple[Image.Image, int]:
+    """:func:`_draw` for a writer with glyph variation: each glyph on its own canvas, transformed
+    (width, rotation about its foot, shift) and merged into the word with a per-pixel maximum."""
+    xh = style.x_height * float(np.exp(rng.normal(0.0, JITTER["size"])))
+    plans = _glyph_fonts(text, path, donor, xh, glyphs, style.pen, rng)
+    spacing = style.letter_spacing * xh
+    advances = [font.getlength(ch) * width for ch, (font, _, width) in zip(text, plans, strict=True)]
+    offsets = np.concatenate([[0.0], np.cumsum(np.asarray(advances) + spacing)])
+    advance = float(offsets[-1] - spacing)
+    ascent = max(font.getmetrics()[0] for font, _, _ in plans)
+    descent = max(font.getmetrics()[1] for font, _, _ in plans)
+    stroke = max(s for _, s, _ in plans)
+    pad_y = int(0.6 * xh) + stroke
+    height = ascent + descent + 2 * pad_y
+    pad_x = int(0.6 * xh + 0.6 * height) + stroke
+    canvas = Image.new("L", (int(advance) + 2 * pad_x, height), 0)
+    baseline = pad_y + ascent
+    period, phase = rng.uniform(3.0, 8.0) * xh, rng.uniform(0.0, 2 * np.pi)
+    for ch, (font, pen, width), x, adv in zip(text, plans, offsets[:-1], advances, strict=True):
+        dy = style.wobble * xh * np.sin(2 * np.pi * x / period + phase) + glyphs.shift * xh * _normal(rng)
+        pad = pad_x // 2
+        glyph = Image.new("L", (int(adv) + 2 * pad, height), 0)
+        ImageDraw.Draw(glyph).text((pad, baseline + dy), ch, font=font, fill=255, anchor="ls",
+                                   stroke_width=pen, stroke_fill=255)
+        angle = glyphs.rotation * _normal(rng)
+        if ch.isalpha():  # a resampled dot or comma only blurs: marks keep their shape
+            glyph = _turn(glyph, angle, width, (pad + adv / 2, baseline))
+        box = (pad_x + round(x) - pad, 0, pad_x + round(x) - pad + glyph.width, height)
+        canvas.paste(ImageChops.lighter(canvas.crop(box), glyph), box)
+    if struck:
+        _strike(ImageDraw.Draw(canvas), xh, baseline, pad_x, advance, rng)
+    return canvas, baseline
+
+
+def _turn(glyph: Image.Image, angle: float, width: float, foot: tuple[float, float]) -> Image.Image:
+    """The glyph widened by ``width`` and rotated by ``angle`` (radians) about ``foot`` (x, y)."""
+    m = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) @ np.diag([width, 1.0])
+    inv = np.linalg.inv(m)  # Pillow maps output pixels to input ones
+    cx, cy = foot
+    coeffs = (inv[0, 0], inv[0, 1], cx - inv[0, 0] * cx - inv[0, 1] * cy,
+              inv[1, 0], inv[1, 1], cy - inv[1, 0] * cx - inv[1, 1] * cy)
+    return glyph.transform(glyph.size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
+
+
+def _strike(draw: ImageDraw.ImageDraw, xh: float, baseline: int, pad_x: int, advance: float,
+            rng: np.random.Generator) -> None:
+    """One or two pen strokes across the word (IAM's ``#``)."""
+    width = max(2, round(0.12 * xh))
+    for _ in range(int(rng.integers(1, 3))):
+        y0, y1 = (baseline - xh * rng.uniform(0.3, 0.7, size=2))
+        draw.line((pad_x - 0.2 * xh, y0, pad_x + advance + 0.2 * xh, y1), fill=255, width=width)
 
 
 def _dilation(path: str, pen: float, x_height: float) -> int:
@@ -158,7 +232,7 @@ def components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def render_word(text: str, path: str, style: WriterStyle, rng: np.random.Generator, *,
-                struck: bool = False) -> WordInk:
+                struck: bool = False, glyphs: GlyphStyle | None = None, donor: str | None = None) -> WordInk:
     """Draw one word in a writer's hand.
 
     Args:
@@ -167,6 +241,8 @@ def render_word(text: str, path: str, style: WriterStyle, rng: np.random.Generat
         style: the writer's style.
         rng: the word's generator (jitter, wobble phase, elastic field).
         struck: cross the word out (IAM labels such a word ``#``).
+        glyphs: the writer's glyph variation (training writers of corpus version 3), or None.
+        donor: the font file of ``glyphs.donor``.
 
     Returns:
         The ink cropped to its pixels above :data:`INK_LEVEL`, with its baseline and components.
@@ -174,7 +250,12 @@ def render_word(text: str, path: str, style: WriterStyle, rng: np.random.Generat
     Raises:
         ValueError: nothing was drawn.
     """
-    canvas, baseline = _draw(text, path, style, rng, struck)
+    def draw() -> tuple[Image.Image, int]:
+        if glyphs is None:
+            return _draw(text, path, style, rng, struck)
+        return _draw_glyphs(text, path, donor, style, glyphs, rng, struck)
+
+    canvas, baseline = draw()
     slant = style.slant + rng.normal(0.0, JITTER["slant"])
     canvas, baseline = _warp(canvas, baseline, slant, style.elastic * style.x_height,
                              style.elastic_scale * style.x_height, rng,
@@ -182,7 +263,7 @@ def render_word(text: str, path: str, style: WriterStyle, rng: np.random.Generat
     ink = np.asarray(canvas, dtype=np.float32) / 255.0
     rows, cols = np.nonzero(ink > INK_LEVEL)
     if rows.size == 0:  # hairline marks ('"' of a thin face) can fade below INK_LEVEL in the warp
-        canvas, baseline = _draw(text, path, style, rng, struck)
+        canvas, baseline = draw()
         ink = np.asarray(canvas, dtype=np.float32) / 255.0
         rows, cols = np.nonzero(ink > INK_LEVEL)
     if rows.size == 0:

@@ -39,7 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .hands import FACES, Face, WriterStyle, accepted_faces, draw_style
+from .hands import (
+    FACES,
+    Face,
+    GlyphStyle,
+    WriterStyle,
+    accepted_faces,
+    draw_glyph_style,
+    draw_style,
+    face_stroke,
+)
 from .iam_layout import HEADERS, form_record, line_record, sentence_record, tokenize, word_record
 from .math import MissingFontError
 from .runner import JOURNAL, read_journal, run_chunks, write_text
@@ -49,7 +58,9 @@ from .text_forms import FormJob, render_form
 __all__ = ["MIN_WORDS", "PRESETS", "SPLITS", "VERSION", "Preset", "TextConfig", "TextConfigError",
            "TextSummary", "Writer", "plan_corpus", "synthesize_text"]
 
-VERSION = 2  # bump when the output for a given seed changes (2: six more training hands)
+# Bump when the output for a given seed changes (2: six more training hands; 3: glyph variation and
+# borrowed letters for the training writers, validation and test images unchanged).
+VERSION = 3
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 POOLS = {"train": "train", "val": "dev", "test": "test"}  # sentence pools of data.synth.sentences
@@ -118,6 +129,8 @@ class Writer:
     font: str  # the face's file on this machine
     style: WriterStyle
     sparse: bool  # the one writer with fewer than MIN_WORDS words
+    glyphs: GlyphStyle | None = None  # per-glyph variation: training writers only (version 3)
+    donor: str | None = None  # the font file of ``glyphs.donor``
 
 
 @dataclass
@@ -171,6 +184,20 @@ def _form_id(writer: int, form: int) -> str:
     return f"{_PREFIXES[writer % len(_PREFIXES)]}{writer // len(_PREFIXES) + 1:02d}-{form:03d}{suffix}"
 
 
+def _glyph_style(faces: dict[str, tuple[tuple[Face, str], ...]], split: str, face: Face,
+                 rng: np.random.Generator) -> tuple[GlyphStyle | None, str | None]:
+    """A training writer's glyph variation and its donor's font file; (None, None) for held-out writers,
+    whose hands stay plain fonts (the unseen hands of every corpus version are the same images)."""
+    if split != "train":
+        return None, None
+    paths = {f.file: path for f, path in faces["train"]}
+    own = face_stroke(paths[face.file])
+    # A donor's letters are thickened towards the pen but never thinned: keep donors of similar weight.
+    donors = [f for f, path in faces["train"] if face_stroke(path) < 1.5 * own]
+    glyphs = draw_glyph_style(rng, face, donors)
+    return glyphs, paths.get(glyphs.donor)
+
+
 def plan_corpus(out: str | Path, config: TextConfig) -> tuple[list[Writer], list[FormJob]]:
     """Writers and form jobs of the whole corpus; nothing is drawn.
 
@@ -198,8 +225,10 @@ def plan_corpus(out: str | Path, config: TextConfig) -> tuple[list[Writer], list
         for i in range(counts[split]):
             face, font = faces[split][int(face_order[i % len(face_order)])]
             sparse = split == "train" and i == counts[split] - 1
+            glyph_rng = np.random.default_rng([config.seed, code, 4, i])
             writer = Writer(f"{len(writers):03d}", split, face, font,
-                            draw_style(np.random.default_rng([config.seed, code, 1, i])), sparse)
+                            draw_style(np.random.default_rng([config.seed, code, 1, i])), sparse,
+                            *_glyph_style(faces, split, face, glyph_rng))
             for j in range(1 if sparse else preset.forms_per_writer):
                 target = preset.sparse_words if sparse else preset.words_per_form
                 texts, cursor = _take(pool, order, cursor, target, MIN_WORDS - 8 if sparse else target + 30)
@@ -209,7 +238,8 @@ def plan_corpus(out: str | Path, config: TextConfig) -> tuple[list[Writer], list
                     ordinal += 1
                 jobs.append(FormJob(_form_id(len(writers), j), writer.id, font, writer.style, tuple(texts),
                                     seed=(config.seed, code, 2, i, j), root=str(out),
-                                    form_image=config.form_images, **quirks))
+                                    form_image=config.form_images, glyphs=writer.glyphs, donor=writer.donor,
+                                    **quirks))
             writers.append(writer)
     return writers, jobs
 
@@ -280,7 +310,7 @@ def _write_index(out: Path, config: TextConfig, writers: list[Writer], forms: li
         c["lines"] += len(form["lines"])
         c["words"] += sum(len(line["words"]) for line in form["lines"])
     rows = [{"id": w.id, "split": w.split, "face": asdict(w.face), "sparse": w.sparse,
-             "style": asdict(w.style)} for w in writers]
+             "style": asdict(w.style), "glyphs": asdict(w.glyphs) if w.glyphs else None} for w in writers]
     write_text(out / "writers.json", json.dumps({"writers": rows}, indent=1) + "\n")
     faces = {s: sorted({w.face.file for w in writers if w.split == s}) for s in SPLITS}
     info = {**asdict(config), "preset_sizes": asdict(PRESETS[config.preset]), "counts": counts,

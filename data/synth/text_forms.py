@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .hands import JITTER, WriterStyle
+from .hands import JITTER, GlyphStyle, WriterStyle
 from .handwriting import WordInk, render_word
 from .iam_layout import form_xml, pos_tag, tokenize
 
@@ -50,6 +50,8 @@ class FormJob:
     seed: tuple[int, ...]  # the form's own generator
     root: str  # corpus root
     form_image: bool  # also write the page to formsA-D/ etc.
+    glyphs: GlyphStyle | None = None  # the writer's glyph variation (training writers, version 3)
+    donor: str | None = None  # the font file of ``glyphs.donor``
 
 
 @dataclass
@@ -75,7 +77,8 @@ def _words(job: FormJob, rng: np.random.Generator) -> list[_Word]:
     for number, sentence in enumerate(job.sentences):
         for k, token in enumerate(tokenize(sentence)):
             struck = len(words) == job.struck
-            ink = render_word(token.text, job.font, job.style, rng, struck=struck)
+            ink = render_word(token.text, job.font, job.style, rng, struck=struck, glyphs=job.glyphs,
+                              donor=job.donor)
             darkness = job.style.paper - (job.style.ink + rng.normal(0.0, JITTER["ink"]))
             space = token.space_before if k else bool(words)  # sentences follow each other with a space
             words.append(_Word("#" if struck else token.text, space, number, ink,
