@@ -243,7 +243,7 @@ def test_optimiser_defaults_and_schedules():
         HTRModule(decoder="ctc")
 
 
-@pytest.mark.parametrize("name", ["htr_iam.yaml", "htr_synth.yaml", "htr_tiny.yaml"])
+@pytest.mark.parametrize("name", ["htr_iam.yaml", "htr_synth.yaml", "htr_synth_glyphs.yaml", "htr_tiny.yaml"])
 def test_recipes_parse(name, capsys):
     """The GPU, CPU and test recipes name only valid arguments (printing instantiates nothing)."""
     from training.cli import main
@@ -291,6 +291,29 @@ def test_fit_resumes_from_a_checkpoint(corpus, tmp_path, single_thread):
     resume = ["--trainer.max_steps", "4", "--ckpt_path", str(root / "checkpoints" / "last.ckpt")]
     assert main(_fit_args(corpus, root, *resume)) == 0
     assert _steps(root)["last.ckpt"] == 4
+
+
+def test_fit_can_start_from_a_trained_model(trained, corpus, tmp_path, single_thread):
+    """``init_from`` starts a new run (step 0, fresh optimiser) from a trained model's weights."""
+    from recognizers.checkpoint import read_bundle
+    from recognizers.cli import main
+
+    start = read_bundle(trained.bundle)
+    drift = {}
+    for name, extra in (("fresh", ()), ("init", ("--model.init_args.init_from", str(trained.bundle)))):
+        root = tmp_path / name
+        # another seed than the trained model's, whose own initialisation is that of seed 0
+        args = _fit_args(corpus, root, "--trainer.max_steps", "2", "--seed_everything", "1", *extra)
+        assert main(args) == 0
+        ckpt = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 2
+        weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+        drift[name] = max((weights[k] - v).abs().max().item() for k, v in start.state_dict.items()
+                          if v.is_floating_point() and "running_" not in k)
+    assert drift["init"] < 1e-3 < 1e-2 < drift["fresh"]  # two Adam steps at 2e-4 from the trained weights
+    cfg = start.config
+    with pytest.raises(ValueError, match="config differs"):
+        HTRModule(vocab_size=cfg["vocab_size"], size="tiny", decoder="sar", init_from=str(trained.bundle))
 
 
 def test_a_new_run_overwrites_last_ckpt_instead_of_versioning_it(corpus, tmp_path, single_thread):

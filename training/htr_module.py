@@ -66,13 +66,18 @@ class HTRModule(L.LightningModule):
         decay_factor: ``step`` schedule: factor of each decay.
         min_lr: ``step`` schedule: the rate never decays below it.
         val_max_length: cap of greedy decoding in validation (None: the model's ``max_seq_len``).
+        init_from: a trained handwriting model (``.safetensors`` bundle or project ``.ckpt``) whose
+            weights, vocabulary and image settings start this run, e.g. to go on training on another
+            corpus; its model config must be this run's. Unlike ``--ckpt_path`` nothing else is
+            restored: the optimiser, schedule and step count start afresh.
     """
 
     def __init__(self, vocab_size: int = 81, size: str = "paper", decoder: str = "fphtr",
                  arch: str = "resnet18", max_seq_len: int = 55, model_overrides: dict | None = None,
                  label_smoothing: float = 0.0, optimizer: OptimizerCallable | None = None,
                  schedule: str = "constant", warmup_steps: int = 0, decay_every: int = 10_000,
-                 decay_factor: float = 0.9, min_lr: float = 1e-5, val_max_length: int | None = None) -> None:
+                 decay_factor: float = 0.9, min_lr: float = 1e-5, val_max_length: int | None = None,
+                 init_from: str | None = None) -> None:
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
@@ -88,6 +93,8 @@ class HTRModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.vocab: CharVocabulary | None = None
         self.preprocess = HandwritingConfig()
+        if init_from:
+            self._init_from(init_from)
         self._counts = torch.zeros(4, dtype=torch.float64)  # word errors, words, char errors, chars
 
     # ----- data-derived state ------------------------------------------------------------------
@@ -98,11 +105,30 @@ class HTRModule(L.LightningModule):
                              f"{self.model.cfg.vocab_size}")
         self.vocab = vocab
 
+    def _init_from(self, path: str) -> None:
+        from recognizers.checkpoint import read_bundle
+        from recognizers.handwriting.recognizer import HandwritingRecognizer
+
+        start = HandwritingRecognizer.from_bundle(read_bundle(path))
+        if start.model.cfg != self.model.cfg:
+            raise ValueError(f"{path}: its model config differs from this run's (size, arch, decoder, "
+                             f"max_seq_len, vocab_size {start.model.cfg.vocab_size} vs "
+                             f"{self.model.cfg.vocab_size}): {start.model.cfg} vs {self.model.cfg}")
+        self.model.load_state_dict(start.model.state_dict())
+        self.set_vocabulary(start.vocab)
+        self.preprocess = start.preprocess
+
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and self.vocab is None and getattr(dm, "vocab", None) is not None:
+        if dm is None or getattr(dm, "vocab", None) is None:
+            return
+        if self.vocab is None:
             self.set_vocabulary(dm.vocab)
             self.preprocess = getattr(dm, "preprocess", self.preprocess)
+        elif self.hparams.get("init_from") and getattr(dm, "preprocess", self.preprocess) != self.preprocess:
+            # the images must reach the model as they did when it was trained
+            raise ValueError(f"{self.hparams.init_from} was trained on images prepared as "
+                             f"{self.preprocess}; the data module prepares {dm.preprocess}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         info = {"model": "handwriting", "config": self.model.cfg.to_dict(),
