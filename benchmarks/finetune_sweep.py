@@ -56,20 +56,20 @@ def main(argv: list[str] | None = None) -> int:
 
     import recognizers
     from recognizers.handwriting.adaptation import FinetuneAdapter
-    from recognizers.text_eval import _protocol_model, _protocol_splits
+    from recognizers.text_eval import protocol_rows, protocol_splits
 
     torch.set_num_threads(args.threads)
     protocol = argparse.Namespace(data=args.data, level=None, split=None, split_kind="forms", shots=16,
                                   permutations=args.permutations, seed=0, writers=None, limit=args.limit,
                                   steps=None, beam_size=None, model=args.model, device="cpu")
-    dataset, splits, digest, _, _ = _protocol_splits(protocol)
+    dataset, splits, digest, _, _ = protocol_splits(protocol)
     rec = recognizers.load(args.model, device="cpu")
     report = {"date": datetime.date.today().isoformat(), "model": args.model, "data": args.data,
               "splits": len(splits), "split_digest": digest, "limit": args.limit, "rows": []}
     for spec, cfg in zip(args.settings, configs, strict=True):
         rec.adapter = FinetuneAdapter(cfg)
         start = time.perf_counter()
-        _, (plain, adapted), _ = _protocol_model(protocol, rec, dataset, splits, args.model)
+        _, (plain, adapted), _ = protocol_rows(protocol, rec, dataset, splits, args.model)
         row = {"setting": spec, "cer_unadapted": plain["cer"], "wer_unadapted": plain["wer"],
                "cer": adapted["cer"], "wer": adapted["wer"],
                "adapt_seconds_mean": adapted["adapt_seconds_mean"], "seconds": time.perf_counter() - start}

@@ -31,7 +31,8 @@ from typing import Any
 
 from .base import Recognizer
 
-__all__ = ["adaptation_protocol", "decode_samples", "evaluate_text", "text_dataset"]
+__all__ = ["adaptation_protocol", "decode_samples", "evaluate_text", "protocol_rows", "protocol_splits",
+           "text_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +185,16 @@ def _support(rec: Any, words: dict, texts: list[str], indices: tuple[int, ...]) 
     return pairs
 
 
-def _protocol_splits(args: Any) -> tuple[Any, list, str, Any, Any]:
-    """The evaluated test words, the fixed splits of the first ``--writers`` writers, their digest,
-    the level and the split list."""
+def protocol_splits(args: Any) -> tuple[Any, list, str, Any, Any]:
+    """The protocol's data: ``(dataset, splits, digest, level, split list)``: the evaluated words, the
+    fixed support/query splits of the first ``--writers`` writers and their digest.
+
+    ``args`` carries the ``evaluate`` options (``data``, ``level``, ``split``, ``shots``,
+    ``permutations``, ``seed``, ``writers``).
+
+    Raises:
+        UsageError: no writer has enough words.
+    """
     from data.episodes import evaluation_splits, split_digest
 
     from .batch import UsageError
@@ -233,9 +241,13 @@ def _protocol_writer(args: Any, rec: Any, dataset: Any, splits: list, rows: dict
         rows["adapted"] += [r.text for r in results]
 
 
-def _protocol_model(args: Any, rec: Any, dataset: Any, splits: list,
+def protocol_rows(args: Any, rec: Any, dataset: Any, splits: list,
                     model: str) -> tuple[list[str], list, float]:
-    """Both rows of one model file on the fixed splits: ``(references, [row, row], seconds)``."""
+    """Both rows of one recognizer on the fixed splits: ``(references, [not adapted, adapted], seconds)``.
+
+    ``rec`` is any handwriting recognizer, e.g. one built with another adapter by a benchmark; its
+    adapter's method names the rows, and ``model`` is the name the rows carry.
+    """
     from training.metrics import cer, wer
 
     options = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
@@ -276,7 +288,7 @@ def adaptation_protocol(args: Any, load_recognizer: Any) -> dict:
     Raises:
         UsageError: no writer has enough words for the protocol, or a model is not a handwriting model.
     """
-    dataset, splits, digest, level, split = _protocol_splits(args)
+    dataset, splits, digest, level, split = protocol_splits(args)
     writers = sorted({s.writer for s in splits})
     print(f"adaptation protocol: {len(writers)} writers, {len(splits)} splits, split digest {digest}",
           file=sys.stderr)
@@ -284,7 +296,7 @@ def adaptation_protocol(args: Any, load_recognizer: Any) -> dict:
     table, seconds, refs = [], 0.0, []
     for model in models:
         rec = _text_recognizer(args, load_recognizer, model)
-        refs, rows, model_seconds = _protocol_model(args, rec, dataset, splits, str(model))  # same refs
+        refs, rows, model_seconds = protocol_rows(args, rec, dataset, splits, str(model))  # same refs
         table, seconds = table + rows, seconds + model_seconds
     print(_markdown(table), file=sys.stderr)
     first = table[:2]
