@@ -9,8 +9,9 @@ which ``--num`` are taken evenly spaced in file order, so every writer of the sp
 the same arguments always give the same images. Both systems read exactly these image files.
 
 * **ours**: decoded as ``recognizers evaluate --task text`` decodes (``text_eval.decode_samples``: the
-  model's own image normalisation, area-sorted batches, one warm-up image); seconds are those spent in
-  ``recognize``, with ``--jobs`` torch threads.
+  model's own image normalisation, area-sorted batches, one warm-up image; a line split at its word
+  gaps and read word by word, ``recognize(lines=True)``); seconds are those spent in ``recognize``, with
+  ``--jobs`` torch threads.
 * **tesseract**: ``tesseract IMAGE stdout --psm 8`` (one word) or ``--psm 7`` (one line), ``--jobs``
   processes at a time, each with ``OMP_THREAD_LIMIT=1``; seconds are the wall time of the whole pool,
   process start and model load included (what one call per image costs). Its output's whitespace is
@@ -193,7 +194,9 @@ def compare_level(args: argparse.Namespace, rec: Any, level: str) -> dict:
     split_args = argparse.Namespace(data=args.data, level=level, split=args.split, split_kind=args.split_kind)
     _, dataset, _, split = text_dataset(split_args, 0)  # what `evaluate --task text` scores
     indices = spread_indices(len(dataset), args.num)
-    options = {"beam_size": args.beam_size} if args.beam_size is not None else {}
+    options: dict[str, Any] = {"beam_size": args.beam_size} if args.beam_size is not None else {}
+    if level == "lines":
+        options["lines"] = True  # as `evaluate --level lines`: the word model reads a line word by word
     refs, ours, seconds = decode_samples(rec, dataset, indices, args.batch_size, options)
     theirs, failed, tess_seconds = tesseract_texts([dataset.samples[i].image for i in indices], PSM[level],
                                                    args.jobs)
@@ -206,7 +209,8 @@ def compare_level(args: argparse.Namespace, rec: Any, level: str) -> dict:
     ids = "\n".join(dataset.samples[i].id for i in indices)
     return {"split": str(split) if split else None, "split_samples": len(dataset), "samples": n,
             "ids_sha256": hashlib.sha256(ids.encode()).hexdigest()[:12],
-            "rows": [row("ours", ours, seconds, beam_size=options.get("beam_size", 1)),
+            "rows": [row("ours", ours, seconds, beam_size=options.get("beam_size", 1),
+                         lines_read="word by word" if options.get("lines") else "whole"),
                      row("tesseract", theirs, tess_seconds, failed=failed, psm=PSM[level])]}
 
 

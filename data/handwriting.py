@@ -52,6 +52,7 @@ __all__ = [
     "TargetBatch",
     "collate_images",
     "load_handwriting",
+    "load_handwriting_grey",
     "normalize_image",
 ]
 
@@ -130,12 +131,12 @@ def _check_contrast(pixels: np.ndarray, name: str, min_contrast: int) -> None:
                          "grey levels)")
 
 
-def load_handwriting(source: ImageSource, config: HandwritingConfig = _DEFAULT) -> Tensor:
-    """A user image (path, bytes, PIL image, array or tensor) → the model's normalised `(1, H, W)`.
+def load_handwriting_grey(source: ImageSource, config: HandwritingConfig = _DEFAULT) -> np.ndarray:
+    """A user image → `(H, W)` uint8 grey, dark ink on light paper (before scaling).
 
     Steps: :func:`data.images.load_image` (EXIF rotation, grey), a blank check, the polarity (light
     ink on dark paper is inverted when ``config.polarity`` is ``"auto"``: the larger Otsu class is the
-    paper), then :func:`normalize_image`.
+    paper).
 
     Raises:
         ImageError: missing, unreadable, empty or blank input; the message names it.
@@ -146,7 +147,17 @@ def load_handwriting(source: ImageSource, config: HandwritingConfig = _DEFAULT) 
     _check_contrast(pixels, name, config.min_contrast)
     invert = config.polarity == "light_on_dark" or (
         config.polarity == "auto" and detect_polarity(pixels) == "white_on_black")
-    return normalize_image(ImageOps.invert(image) if invert else image, config)
+    return np.asarray(ImageOps.invert(image), dtype=np.uint8) if invert else pixels
+
+
+def load_handwriting(source: ImageSource, config: HandwritingConfig = _DEFAULT) -> Tensor:
+    """A user image (path, bytes, PIL image, array or tensor) → the model's normalised `(1, H, W)`:
+    :func:`load_handwriting_grey`, then :func:`normalize_image`.
+
+    Raises:
+        ImageError: missing, unreadable, empty or blank input; the message names it.
+    """
+    return normalize_image(load_handwriting_grey(source, config), config)
 
 
 def collate_images(images: Sequence[Tensor], background: float = BACKGROUND) -> tuple[Tensor, Tensor]:

@@ -178,6 +178,9 @@ def run_transcribe(args: Any, load_recognizer: Any) -> int:
     names = ("beam_size", "nbest", "num_groups", "diversity_penalty")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     options.update(_profile_option(args))
+    if getattr(args, "lines", False):
+        _text_only(args, "--lines")
+        options["lines"] = True
     loaded: dict[str, Recognizer] = {}
 
     def recognizer_for(task: str) -> Recognizer:
@@ -186,6 +189,9 @@ def run_transcribe(args: Any, load_recognizer: Any) -> int:
             # a --model file decides the task; an explicit --task must agree with it
             if args.model and args.task not in ("auto", loaded[task].task):
                 raise UsageError(f"--task {args.task}, but {args.model} is a {loaded[task].task} model")
+            if "lines" in options and loaded[task].task != "text":
+                raise UsageError(f"--lines is for handwriting, but {args.model or task} is a "
+                                 f"{loaded[task].task} model")
             if "writer_profile" in options:  # checked once, before any input: exit 2 if it does not fit
                 if loaded[task].task != "text":
                     raise UsageError(f"--writer-profile is for handwriting, but {args.model or task} is a "
@@ -216,11 +222,16 @@ def _profile_option(args: Any) -> dict:
     path = getattr(args, "writer_profile", None)
     if not path:
         return {}
-    if args.task not in ("text", "auto") or (args.task == "auto" and not args.model):
-        raise UsageError("--writer-profile is for handwriting: pass --task text (or a handwriting --model)")
+    _text_only(args, "--writer-profile")
     from .handwriting.profile import WriterProfile
 
     return {"writer_profile": WriterProfile.load(path)}
+
+
+def _text_only(args: Any, flag: str) -> None:
+    """A handwriting-only option needs ``--task text`` or a ``--model`` (checked to be one on loading)."""
+    if args.task not in ("text", "auto") or (args.task == "auto" and not args.model):
+        raise UsageError(f"{flag} is for handwriting: pass --task text (or a handwriting --model)")
 
 
 def render_json_array(records: list[dict]) -> str:

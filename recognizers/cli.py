@@ -64,6 +64,9 @@ def _add_transcribe_parser(subparsers) -> None:
     t.add_argument("--diversity-penalty", type=float, default=None,
                    help="diverse beam search: penalty for a token an earlier group chose at the same step")
     t.add_argument("--writer-profile", default=None, help="handwriting: a writer profile from `adapt`")
+    t.add_argument("--lines", action="store_true",
+                   help="handwriting: each image is a line of text, split at the word gaps and read word "
+                        "by word")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors or summary")
     _add_model_options(t)
     t.set_defaults(handler=_run_transcribe)
@@ -81,7 +84,10 @@ def _add_evaluate_parser(subparsers) -> None:
     e.add_argument("--limit", type=_positive, default=None,
                    help="only N items, spread evenly over the set (every speaker or writer represented)")
     e.add_argument("--level", choices=("words", "lines"), default=None,
-                   help="text: word or line images (default: words if ascii/words.txt exists)")
+                   help="text: word or line images (default: words if ascii/words.txt exists); a line is "
+                        "split at its word gaps and read word by word, as `transcribe --lines`")
+    e.add_argument("--whole-lines", action="store_true",
+                   help="text, --level lines: give the model whole lines (a model trained on lines)")
     e.add_argument("--split", default=None, help="text: the split list to score (default: "
                    "DATA/splits/aachen/test.uttlist if present, else every sample)")
     e.add_argument("--split-kind", choices=("forms", "lines"), default="forms",

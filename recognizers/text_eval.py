@@ -96,7 +96,8 @@ def decode_samples(rec: Any, dataset: Any, indices: Sequence[int], batch_size: i
     areas = [max(1, b.width) * max(1, b.height) for b in boxes]
 
     def image(i: int) -> HandwritingImage:
-        return HandwritingImage(normalize_image(dataset[i][0], rec.preprocess))
+        grey = dataset[i][0].numpy()  # (H, W) uint8, kept for line splitting and Hinge codes
+        return HandwritingImage(normalize_image(grey, rec.preprocess), grey)
 
     refs, hyps, seconds = [""] * len(indices), [""] * len(indices), 0.0
     rec.recognize([image(indices[0])], **options)  # warm-up: allocator and kernels ready
@@ -129,12 +130,17 @@ def evaluate_text(args: Any, load_recognizer: Any) -> dict:
     options: dict[str, Any] = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
     if getattr(args, "writer_profile", None):
         options["writer_profile"] = rec.check_profile(args.writer_profile)
+    split_lines = level == "lines" and not getattr(args, "whole_lines", False)
+    if split_lines:
+        options["lines"] = True  # a word model reads a line word by word
     refs, hyps, seconds = decode_samples(rec, dataset, chosen, args.batch_size, options)
     report = {"task": "text", "model": str(args.model or rec.name), "n": count,
               "metrics": {"cer": cer(refs, hyps).rate, "wer": wer(refs, hyps).rate},
               "seconds": round(seconds, 3), "seconds_per_image": round(seconds / count, 4),
               "beam_size": options.get("beam_size", 1), "level": level,
               "split": str(split) if split else None}
+    if level == "lines":
+        report["lines_read"] = "word by word" if split_lines else "whole"
     if "writer_profile" in options:
         profile = options["writer_profile"]
         report["writer_profile"] = {"path": str(args.writer_profile), "method": profile.method,

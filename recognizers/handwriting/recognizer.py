@@ -39,7 +39,7 @@ import torch
 from PIL import ImageOps
 from torch import Tensor
 
-from data.handwriting import CharVocabulary, HandwritingConfig, load_handwriting
+from data.handwriting import CharVocabulary, HandwritingConfig, load_handwriting_grey, normalize_image
 from data.images import ImageError, detect_polarity, load_image
 
 from ..base import InputError, Recognizer, Result, check_vocab_fits
@@ -192,9 +192,10 @@ class HandwritingRecognizer(Recognizer):
                                  f"{tuple(source.pixels.shape)}")
             return source
         try:
-            return HandwritingImage(load_handwriting(source, self.preprocess))
+            grey = load_handwriting_grey(source, self.preprocess)
         except ImageError as exc:  # its message starts with the input's name
             raise InputError(str(exc)) from exc
+        return HandwritingImage(normalize_image(grey, self.preprocess), grey)
 
     def _grey(self, source: Any) -> np.ndarray | None:
         """The uint8 image before scaling, dark ink on light paper (for Hinge codes)."""
@@ -279,8 +280,9 @@ class HandwritingRecognizer(Recognizer):
     @torch.no_grad()
     def recognize(self, inputs: Sequence[Any], *, beam_size: int = 1, nbest: int = 1, num_groups: int = 1,
                   diversity_penalty: float = 0.0, length_penalty: float = 0.0, max_length: int | None = None,
-                  writer_profile: WriterProfile | str | Path | None = None) -> list[Result]:
-        """Recognise a batch of word or line images.
+                  writer_profile: WriterProfile | str | Path | None = None,
+                  lines: bool = False) -> list[Result]:
+        """Recognise a batch of word images, or of text lines with ``lines=True``.
 
         Args:
             inputs: paths, PIL images, arrays or tensors of user images, or :class:`HandwritingImage`.
@@ -290,6 +292,9 @@ class HandwritingRecognizer(Recognizer):
             length_penalty: α of the beam ranking score Σ log p / length^α.
             max_length: most characters (None and larger values: the model's ``max_seq_len``).
             writer_profile: decode with a writer's adaptation (:meth:`adapt`), or its file.
+            lines: each input is a line of words: it is split at the word gaps
+                (``data.segment.split_words``), the words are read as word images, and the text joins
+                them with spaces (``score``: the sum of the words' scores; ``nbest``: that one text).
 
         Returns:
             One ``Result`` per input, in order: ``text`` the characters, ``score`` the search score
@@ -299,6 +304,9 @@ class HandwritingRecognizer(Recognizer):
             InputError: an input cannot be used; the message names it.
             ProfileError: the profile cannot be used with this model (:meth:`check_profile`).
         """
+        if lines:
+            return self._recognize_lines(inputs, beam_size=beam_size, max_length=max_length,
+                                         length_penalty=length_penalty, writer_profile=writer_profile)
         profile = None if writer_profile is None else self.check_profile(writer_profile)
         images = [self.load_input(x).pixels for x in inputs]
         options = search_options(max(beam_size, nbest), max(1, nbest), max_length=max_length,
@@ -318,6 +326,30 @@ class HandwritingRecognizer(Recognizer):
         if profile is None or not images:
             return search(None)
         return decode_adapted(self.model, self.adapter, profile, search)
+
+    def _recognize_lines(self, inputs: Sequence[Any], **options: Any) -> list[Result]:
+        """:meth:`recognize` with ``lines=True``: every line's words in one batch, then joined."""
+        from data.segment import split_words
+
+        words: list[HandwritingImage] = []
+        counts = []
+        for source in inputs:
+            grey = self.load_input(source).grey  # a blank or unreadable line is refused here, named
+            if grey is None:
+                raise InputError("HandwritingImage without its grey image: a line is split on the uint8 "
+                                 "image (pass the file, an array or a HandwritingImage with grey)")
+            crops = split_words(grey)
+            words += [HandwritingImage(normalize_image(c, self.preprocess), c) for c in crops]
+            counts.append(len(crops))
+        results = self.recognize(words, **options)
+        out, start = [], 0
+        for n in counts:
+            part = results[start:start + n]
+            start += n
+            text = " ".join(r.text for r in part if r.text)
+            score = float(sum(r.score for r in part))
+            out.append(Result(text, score, ((text, score),)))
+        return out
 
     def _result(self, hyps: Sequence[Hypothesis]) -> Result:
         if not hyps:
