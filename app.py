@@ -288,9 +288,9 @@ def _speech_tab(model: str, limits: Limits) -> None:
 def _text_handler(model: str, limits: Limits) -> Callable[..., Any]:
     @_guarded
     def read_handwriting(upload: Any, beam_size: float, nbest: float, use_profile: bool = False,
-                         profile: Any = None):
+                         profile: Any = None, line: bool = False):
         path = _check_image(_upload_path(upload), limits)
-        options: dict[str, Any] = {"beam_size": int(beam_size), "nbest": int(nbest)}
+        options: dict[str, Any] = {"beam_size": int(beam_size), "nbest": int(nbest), "lines": bool(line)}
         if use_profile:
             options["writer_profile"] = _upload_path(profile)
             if not options["writer_profile"]:
@@ -339,6 +339,7 @@ def _text_tab(model: str, limits: Limits) -> None:
         with gr.Column():
             image = gr.Image(type="filepath", format="png", sources=["upload", "clipboard"],
                              label="Handwriting image", image_mode="L")
+            line = gr.Checkbox(value=False, label="A line of several words (read word by word)")
             use_profile = gr.Checkbox(value=False, label="Use my handwriting (the writer profile of the "
                                       "\"My handwriting\" tab)")
             button = gr.Button("Read", variant="primary")
@@ -366,7 +367,7 @@ def _text_tab(model: str, limits: Limits) -> None:
                 status = gr.Textbox(label="Status", interactive=False, elem_id="adapt-status")
     adapt_button.click(_adapt_handler(model, limits), [samples, lines], [profile, status], api_name="adapt",
                        concurrency_id=model, preprocess=False)
-    button.click(handler, [image, beam, nbest, use_profile, profile], [text, table], api_name="text",
+    button.click(handler, [image, beam, nbest, use_profile, profile, line], [text, table], api_name="text",
                  concurrency_id=model, preprocess=False)
 
 

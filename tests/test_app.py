@@ -86,6 +86,19 @@ def test_text_endpoint_answers_like_the_recognizer(client, models, inputs):
         client.predict(handle_file(str(inputs["bad_png"])), 1, 1, api_name="/text")
 
 
+def test_text_endpoint_reads_a_line_word_by_word(client, models, tmp_path):
+    from PIL import Image
+
+    from tests.test_line_reading import _joined
+
+    line = tmp_path / "line.png"
+    Image.fromarray(_joined("the", "fox", "over")).save(line)
+    expected = recognizers.load(models["text"]).recognize([line], lines=True)[0]
+    text, table = client.predict(handle_file(str(line)), 1, 1, False, None, True, api_name="/text")
+    assert text == expected.text
+    assert [row[1] for row in table["data"]] == [expected.text]
+
+
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     """Three word images of the tiny handwriting vocabulary, in upload order."""
