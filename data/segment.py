@@ -12,7 +12,10 @@ gap), so the gaps are looked for in the line sheared upright:
    the word gaps are those at least as wide as the gap that most exceeds the next narrower one
    (the largest ratio, looked for among gaps of ``MIN_GAP`` to ``MAX_GAP`` x-heights); where no
    gap stands out that way (ratio under ``MIN_RATIO``), gaps of at least ``gap`` x-heights;
-5. each word is the part of the line between two cuts (sheared back, so the cut follows the slant),
+5. a small mark ending a word (a full stop, a comma, a closing quote: a run of ink at most half an
+   x-height tall after the word's last letter gap) is cut off as a word of its own, as IAM tokenises
+   punctuation;
+6. each word is the part of the line between two cuts (sheared back, so the cut follows the slant),
    the other pixels painted with the paper's grey level, cropped to its ink: what the word model was
    trained on (IAM word images are tight ink boxes).
 
@@ -69,12 +72,33 @@ def word_gap(gaps: np.ndarray, fallback: float = WORD_GAP) -> float:
     return min(best, MAX_GAP)
 
 
-def split_words(grey: np.ndarray, *, gap: float | None = None) -> list[np.ndarray]:
+def _mark_cuts(filled: np.ndarray, jumps: np.ndarray, word_ends: set[int], sheared: np.ndarray,
+               ys: np.ndarray, xh: float) -> list[int]:
+    """Gaps (indices into ``jumps``) before a small mark that ends a word: a full stop, comma or closing
+    quote, which IAM (and a model trained on its words) reads as a word of its own."""
+    cuts = []
+    starts = np.concatenate([[0], np.flatnonzero(jumps > 1) + 1])  # first filled column of each run
+    for k in range(1, len(starts)):
+        first, last = starts[k], (starts[k + 1] - 1 if k + 1 < len(starts) else len(filled) - 1)
+        gap_before = first - 1  # index into jumps of the gap before this run
+        ends_word = last == len(filled) - 1 or last in word_ends
+        if not ends_word or gap_before in word_ends:
+            continue  # not a word's last run, or a word of its own already
+        inside = (sheared >= filled[first]) & (sheared <= filled[last])
+        height = ys[inside].max() - ys[inside].min() + 1
+        if height <= 0.5 * xh and filled[last] - filled[first] + 1 <= 0.6 * xh:
+            cuts.append(int(gap_before))
+    return cuts
+
+
+def split_words(grey: np.ndarray, *, gap: float | None = None, marks: bool = True) -> list[np.ndarray]:
     """Word images of a handwritten line, left to right.
 
     Args:
         grey: `(H, W)` uint8, dark ink on light paper.
         gap: a fixed word gap in x-heights; None: chosen per line from its gaps (:func:`word_gap`).
+        marks: a small mark ending a word (full stop, comma, closing quote) becomes a word of its own,
+            as IAM tokenises it (step 5 of the module).
 
     Returns:
         `(h, w)` uint8 crops, each one word's ink box with the neighbours' ink painted out; the whole
@@ -90,15 +114,22 @@ def split_words(grey: np.ndarray, *, gap: float | None = None) -> list[np.ndarra
     yc = float(np.median(ys))
     slant = _slant(ys - yc, xs, grey.shape[1])
     sheared = np.round(xs + slant * (ys - yc)).astype(np.int64)
-    origin = int(sheared.min())
-    profile = np.bincount(sheared - origin)
-    filled = np.flatnonzero(profile)
+    filled = np.flatnonzero(np.bincount(sheared - sheared.min())) + sheared.min()
     jumps = np.diff(filled)  # a jump of k columns is a run of k - 1 empty columns
-    widths = (jumps - 1) / _x_height(ink)  # in x-heights
-    wide = np.flatnonzero(widths >= (word_gap(widths) if gap is None else gap))
-    cuts = [origin + int(filled[i] + jumps[i] // 2) for i in wide]
+    xh = _x_height(ink)
+    widths = (jumps - 1) / xh  # in x-heights
+    ends = set(np.flatnonzero(widths >= (word_gap(widths) if gap is None else gap)).tolist())
+    if marks:
+        ends |= set(_mark_cuts(filled, jumps, ends, sheared, ys, xh))
+    cuts = [int(filled[i] + jumps[i] // 2) for i in sorted(ends)]
+    return _crops(grey, ink, [-np.inf, *cuts, np.inf], slant, yc, (ys, xs, sheared))
+
+
+def _crops(grey: np.ndarray, ink: np.ndarray, edges: list[float], slant: float, yc: float,
+           pixels: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[np.ndarray]:
+    """The part of the line between each pair of sheared cuts, cropped to its ink (step 6)."""
+    ys, xs, sheared = pixels
     paper = np.uint8(np.median(grey[~ink])) if (~ink).any() else np.uint8(255)
-    edges = [-np.inf, *cuts, np.inf]
     rows, cols = np.indices(grey.shape)
     shear_all = cols + slant * (rows - yc)
     words = []

@@ -53,6 +53,21 @@ def test_letter_gaps_do_not_split_a_word_and_blank_lines_pass_through():
     assert out is blank or np.array_equal(out, blank)
 
 
+def test_a_full_stop_after_a_word_is_a_word_of_its_own():
+    line = _slanted_line([4, 3], slant=0.3, letter_gap=0.25, word_gap_=1.2)
+    image = Image.fromarray(line)
+    # a dot on the baseline a letter gap after the last bar (at 20 + 7 bars of 5 + 7.5 px, a word gap
+    # of 1.2 x-heights in between)
+    x = 20 + 7 * (5 + 0.25 * XH) + (1.2 - 0.25) * XH
+    ImageDraw.Draw(image).rectangle((x, 2.5 * XH - 6, x + 5, 2.5 * XH), fill=25)
+    dotted = np.asarray(image)
+    words = split_words(dotted)
+    assert len(words) == 3
+    assert max(words[2].shape) <= 8
+    assert len(split_words(dotted, marks=False)) == 2
+    assert len(split_words(line)) == 2  # no mark, nothing extra
+
+
 def test_the_word_gap_is_where_the_gaps_split_into_two_groups():
     assert word_gap(np.array([1.1, 0.9, 0.8, 0.3, 0.25, 0.2, 0.0])) == pytest.approx(0.8)
     assert word_gap(np.array([0.62, 0.58, 0.55, 0.5])) == segment.WORD_GAP  # one group: the fixed gap
