@@ -327,6 +327,10 @@ def _add_synth_text_parser(kinds) -> None:
                       help="tiny: 1 form of about 48 words per writer (unit tests, seconds); dev: 3 forms "
                            "of about 60 words per writer")
     text.add_argument("--form-images", action="store_true", help="also write the pages (formsA-D/ etc.)")
+    text.add_argument("--corpus-version", type=int, choices=(2, 3), default=3,
+                      help="3: training writers vary every glyph and borrow letters from a second face; 2: "
+                           "plain faces (the corpus of the shipped handwriting models); val and test are "
+                           "the same in both")
     text.set_defaults(handler=_run_synth_text)
 
 
@@ -337,7 +341,7 @@ def _run_synth_text(args: argparse.Namespace) -> int:
     from data.synth.text import PRESETS, TextConfig, TextConfigError, synthesize_text
 
     writers = args.writers or PRESETS[args.preset].writers
-    config = TextConfig(writers, args.seed, args.preset, args.form_images)
+    config = TextConfig(writers, args.seed, args.preset, args.form_images, version=args.corpus_version)
     try:
         summary = synthesize_text(args.out, config, jobs=args.jobs)
     except (RendererError, MissingFontError, SourceError, TextConfigError) as exc:

@@ -11,7 +11,7 @@ import pytest
 
 from data.synth import hands
 from data.synth.handwriting import components, render_word
-from data.synth.text import TextConfig, plan_corpus
+from data.synth.text import TextConfig, TextConfigError, plan_corpus
 from tests.test_synth_text import _require_sources
 
 
@@ -54,6 +54,13 @@ def test_training_writers_vary_their_glyphs_and_held_out_writers_do_not(tmp_path
     # persistent per writer: the plan is a function of the seed
     again, _ = plan_corpus(tmp_path, TextConfig(writers=40, seed=3))
     assert [w.glyphs for w in again] == [w.glyphs for w in writers]
+    # version 2 (the shipped models' corpus): the same writers, plain faces
+    plain, plain_jobs = plan_corpus(tmp_path, TextConfig(writers=40, seed=3, version=2))
+    assert [(w.id, w.face, w.style) for w in plain] == [(w.id, w.face, w.style) for w in writers]
+    assert all(w.glyphs is None for w in plain)
+    assert all(j.glyphs is None for j in plain_jobs)
+    with pytest.raises(TextConfigError, match="corpus version"):
+        TextConfig(writers=40, seed=3, version=1).counts()
 
 
 def _glyph_sizes(ink) -> list[tuple[int, int]]:

@@ -106,12 +106,15 @@ class TextConfig:
         """Writers per split: 15 % (at least 2) each for val and test, the rest train.
 
         Raises:
-            TextConfigError: unknown preset, negative seed, or fewer than 6 or more than 1000 writers.
+            TextConfigError: unknown preset or corpus version, negative seed, or fewer than 6 or more than
+                1000 writers.
         """
         if self.preset not in PRESETS:
             raise TextConfigError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         if self.seed < 0:
             raise TextConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.version not in (2, 3):
+            raise TextConfigError(f"corpus version must be 2 or 3, got {self.version}")
         if not 6 <= self.writers <= 1000:
             raise TextConfigError(f"--writers must lie in 6..1000 (3-digit ids, 2 per held-out split and "
                                   f"2 in train), got {self.writers}")
@@ -225,10 +228,11 @@ def plan_corpus(out: str | Path, config: TextConfig) -> tuple[list[Writer], list
         for i in range(counts[split]):
             face, font = faces[split][int(face_order[i % len(face_order)])]
             sparse = split == "train" and i == counts[split] - 1
-            glyph_rng = np.random.default_rng([config.seed, code, 4, i])
+            glyphs = (None, None)  # version 2: every writer draws the plain face
+            if config.version >= 3:
+                glyphs = _glyph_style(faces, split, face, np.random.default_rng([config.seed, code, 4, i]))
             writer = Writer(f"{len(writers):03d}", split, face, font,
-                            draw_style(np.random.default_rng([config.seed, code, 1, i])), sparse,
-                            *_glyph_style(faces, split, face, glyph_rng))
+                            draw_style(np.random.default_rng([config.seed, code, 1, i])), sparse, *glyphs)
             for j in range(1 if sparse else preset.forms_per_writer):
                 target = preset.sparse_words if sparse else preset.words_per_form
                 texts, cursor = _take(pool, order, cursor, target, MIN_WORDS - 8 if sparse else target + 30)
