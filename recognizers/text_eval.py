@@ -248,7 +248,7 @@ def _protocol_writer(args: Any, rec: Any, dataset: Any, splits: list, rows: dict
 
 
 def protocol_rows(args: Any, rec: Any, dataset: Any, splits: list,
-                    model: str) -> tuple[list[str], list, float]:
+                  model: str) -> tuple[list[str], list, float]:
     """Both rows of one recognizer on the fixed splits: ``(references, [not adapted, adapted], seconds)``.
 
     ``rec`` is any handwriting recognizer, e.g. one built with another adapter by a benchmark; its
