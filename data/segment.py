@@ -129,7 +129,7 @@ def _crops(grey: np.ndarray, ink: np.ndarray, edges: list[float], slant: float, 
            pixels: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[np.ndarray]:
     """The part of the line between each pair of sheared cuts, cropped to its ink (step 6)."""
     ys, xs, sheared = pixels
-    paper = np.uint8(np.median(grey[~ink])) if (~ink).any() else np.uint8(255)
+    paper = np.uint8(np.median(grey[~ink]))  # split_words returns early when everything is ink
     rows, cols = np.indices(grey.shape)
     shear_all = cols + slant * (rows - yc)
     words = []

@@ -44,6 +44,13 @@ def word_pixels(text: str, *, height: int = 48, seed: int = 0) -> np.ndarray:
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
+def line_pixels(*texts: str, gap: int = 60) -> np.ndarray:
+    """A line of :func:`word_pixels` words (48 px high) with ``gap`` px of paper between them."""
+    images = [word_pixels(t, height=48, seed=i) for i, t in enumerate(texts)]
+    paper = np.full((48, gap), 235, dtype=np.uint8)
+    return np.concatenate([p for image in images for p in (image, paper)][:-1], axis=1)
+
+
 def write_words(folder: Path, texts: dict[str, str]) -> dict[str, Path]:
     """PNG files ``<key>.png`` of :func:`word_pixels` (heights vary, so sizes differ)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -89,10 +89,10 @@ def test_text_endpoint_answers_like_the_recognizer(client, models, inputs):
 def test_text_endpoint_reads_a_line_word_by_word(client, models, tmp_path):
     from PIL import Image
 
-    from tests.test_line_reading import _joined
+    from tests.handwriting_fixtures import line_pixels
 
     line = tmp_path / "line.png"
-    Image.fromarray(_joined("the", "fox", "over")).save(line)
+    Image.fromarray(line_pixels("the", "fox", "over")).save(line)
     expected = recognizers.load(models["text"]).recognize([line], lines=True)[0]
     text, table = client.predict(handle_file(str(line)), 1, 1, False, None, True, api_name="/text")
     assert text == expected.text

@@ -11,7 +11,7 @@ from data import segment
 from data.segment import split_words, word_gap
 from recognizers import InputError
 from recognizers.handwriting.recognizer import HandwritingImage, HandwritingRecognizer
-from tests.handwriting_fixtures import tiny_model, tiny_vocab, word_pixels
+from tests.handwriting_fixtures import line_pixels, tiny_model, tiny_vocab
 
 XH = 30  # x-height of the drawn lines, px
 
@@ -90,15 +90,8 @@ def recognizer():
     return HandwritingRecognizer(tiny_model(max_seq_len=10), tiny_vocab())
 
 
-def _joined(*texts: str, gap: int = 60) -> np.ndarray:
-    images = [word_pixels(t, height=48, seed=i) for i, t in enumerate(texts)]
-    paper = np.full((48, gap), 235, dtype=np.uint8)
-    parts = [p for image in images for p in (image, paper)][:-1]
-    return np.concatenate(parts, axis=1)
-
-
-def test_a_line_reads_as_its_words_joined(recognizer, single_thread):
-    line = _joined("the", "fox", "over")
+def test_a_line_reads_as_its_wordsline_pixels(recognizer, single_thread):
+    line = line_pixels("the", "fox", "over")
     words = split_words(line)
     assert len(words) == 3
     each = [r.text for r in recognizer.recognize(words)]
@@ -118,7 +111,7 @@ def test_bad_lines_name_the_input(recognizer, tmp_path):
         with pytest.raises(InputError, match=path.name):
             recognizer.recognize([path], lines=True)
     with pytest.raises(InputError, match="grey"):
-        recognizer.recognize([HandwritingImage(recognizer.load_input(_joined("the")).pixels)], lines=True)
+        recognizer.recognize([HandwritingImage(recognizer.load_input(line_pixels("the")).pixels)], lines=True)
 
 
 # ----- command line ------------------------------------------------------------------------------
@@ -138,7 +131,7 @@ def test_transcribe_lines_reads_word_by_word(recognizer, model_file, tmp_path, c
     from recognizers.cli import main
 
     line = tmp_path / "line.png"
-    Image.fromarray(_joined("the", "fox", "over")).save(line)
+    Image.fromarray(line_pixels("the", "fox", "over")).save(line)
     assert main(["transcribe", str(line), "--model", str(model_file), "--lines", "-q"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["text"] == recognizer.recognize([line], lines=True)[0].text

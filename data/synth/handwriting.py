@@ -52,23 +52,25 @@ def _draw(text: str, path: str, style: WriterStyle, rng: np.random.Generator,
     stroke = max(_dilation(path, style.pen, xh), 0)
     offsets = [font.getlength(text[:i]) + i * spacing for i in range(len(text))]
     advance = font.getlength(text) + (len(text) - 1) * spacing
-    pad_y = int(0.6 * xh) + stroke
-    height = ascent + descent + 2 * pad_y
-    pad_x = int(0.6 * xh + 0.6 * height) + stroke  # room for overhangs, the shear and the warp
-    canvas = Image.new("L", (int(advance) + 2 * pad_x, height), 0)
+    canvas, baseline, pad_x = _canvas(xh, ascent, descent, stroke, advance)
     draw = ImageDraw.Draw(canvas)
-    baseline = pad_y + ascent
     period, phase = rng.uniform(3.0, 8.0) * xh, rng.uniform(0.0, 2 * np.pi)
     for ch, x in zip(text, offsets, strict=True):
         dy = style.wobble * xh * np.sin(2 * np.pi * x / period + phase)
         draw.text((pad_x + x, baseline + dy), ch, font=font, fill=255, anchor="ls",
                   stroke_width=stroke, stroke_fill=255)
     if struck:
-        width = max(2, round(0.12 * xh))
-        for _ in range(int(rng.integers(1, 3))):
-            y0, y1 = (baseline - xh * rng.uniform(0.3, 0.7, size=2))
-            draw.line((pad_x - 0.2 * xh, y0, pad_x + advance + 0.2 * xh, y1), fill=255, width=width)
+        _strike(draw, xh, baseline, pad_x, advance, rng)
     return canvas, baseline
+
+
+def _canvas(xh: float, ascent: int, descent: int, stroke: int,
+            advance: float) -> tuple[Image.Image, int, int]:
+    """The empty padded canvas of a word, its baseline row and its left padding."""
+    pad_y = int(0.6 * xh) + stroke
+    height = ascent + descent + 2 * pad_y
+    pad_x = int(0.6 * xh + 0.6 * height) + stroke  # room for overhangs, the shear and the warp
+    return Image.new("L", (int(advance) + 2 * pad_x, height), 0), pad_y + ascent, pad_x
 
 
 def _glyph_fonts(text: str, path: str, donor: str | None, xh: float, glyphs: GlyphStyle,
@@ -101,12 +103,8 @@ def _draw_glyphs(text: str, path: str, donor: str | None, style: WriterStyle, gl
     advance = float(offsets[-1] - spacing)
     ascent = max(font.getmetrics()[0] for font, _, _ in plans)
     descent = max(font.getmetrics()[1] for font, _, _ in plans)
-    stroke = max(s for _, s, _ in plans)
-    pad_y = int(0.6 * xh) + stroke
-    height = ascent + descent + 2 * pad_y
-    pad_x = int(0.6 * xh + 0.6 * height) + stroke
-    canvas = Image.new("L", (int(advance) + 2 * pad_x, height), 0)
-    baseline = pad_y + ascent
+    canvas, baseline, pad_x = _canvas(xh, ascent, descent, max(s for _, s, _ in plans), advance)
+    height = canvas.height
     period, phase = rng.uniform(3.0, 8.0) * xh, rng.uniform(0.0, 2 * np.pi)
     for ch, (font, pen, width), x, adv in zip(text, plans, offsets[:-1], advances, strict=True):
         dy = style.wobble * xh * np.sin(2 * np.pi * x / period + phase) + glyphs.shift * xh * _normal(rng)

@@ -36,11 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import ImageOps
 from torch import Tensor
 
 from data.handwriting import CharVocabulary, HandwritingConfig, load_handwriting_grey, normalize_image
-from data.images import ImageError, detect_polarity, load_image
+from data.images import ImageError
 
 from ..base import InputError, Recognizer, Result, check_vocab_fits
 from ..checkpoint import Bundle, CheckpointError, load_weights
@@ -191,20 +190,15 @@ class HandwritingRecognizer(Recognizer):
                 raise InputError("HandwritingImage: expected (1, H, W) pixels, got "
                                  f"{tuple(source.pixels.shape)}")
             return source
-        try:
-            grey = load_handwriting_grey(source, self.preprocess)
-        except ImageError as exc:  # its message starts with the input's name
-            raise InputError(str(exc)) from exc
+        grey = self._input_grey(source)
         return HandwritingImage(normalize_image(grey, self.preprocess), grey)
 
-    def _grey(self, source: Any) -> np.ndarray | None:
-        """The uint8 image before scaling, dark ink on light paper (for Hinge codes)."""
-        if isinstance(source, HandwritingImage):
-            return source.grey
-        image = load_image(source, max_pixels=self.preprocess.max_pixels)
-        invert = self.preprocess.polarity == "light_on_dark" or (
-            self.preprocess.polarity == "auto" and detect_polarity(image) == "white_on_black")
-        return np.asarray(ImageOps.invert(image) if invert else image, dtype=np.uint8)
+    def _input_grey(self, source: Any) -> np.ndarray:
+        """A user image as `(H, W)` uint8, dark ink on light paper, before scaling; InputError if unusable."""
+        try:
+            return load_handwriting_grey(source, self.preprocess)
+        except ImageError as exc:  # its message starts with the input's name
+            raise InputError(str(exc)) from exc
 
     # ----- writer adaptation -------------------------------------------------------------------
     def adapt(self, samples: Sequence[tuple[Any, str]], *, steps: int | None = None) -> WriterProfile:
@@ -245,10 +239,11 @@ class HandwritingRecognizer(Recognizer):
             label = f"sample {k}" + (f" ({Path(image).name})" if isinstance(image, str | Path) else "")
             texts.append(self._support_text(label, text))
             try:
-                images.append(self.load_input(image).pixels.to(self.device))
-                grey.append(self._grey(image) if hinge else None)
-            except (InputError, ImageError) as exc:
+                loaded = self.load_input(image)
+            except InputError as exc:
                 raise InputError(f"{label}: {exc}") from exc
+            images.append(loaded.pixels.to(self.device))
+            grey.append(loaded.grey if hinge else None)  # Hinge codes are computed on the uint8 ink
         return Support(WordBatch.from_words(images, texts, self.vocab), grey)
 
     def _support_text(self, label: str, text: Any) -> str:
@@ -334,7 +329,8 @@ class HandwritingRecognizer(Recognizer):
         words: list[HandwritingImage] = []
         counts = []
         for source in inputs:
-            grey = self.load_input(source).grey  # a blank or unreadable line is refused here, named
+            # a blank or unreadable line is refused here, named; no need to scale the whole line
+            grey = source.grey if isinstance(source, HandwritingImage) else self._input_grey(source)
             if grey is None:
                 raise InputError("HandwritingImage without its grey image: a line is split on the uint8 "
                                  "image (pass the file, an array or a HandwritingImage with grey)")
