@@ -40,6 +40,8 @@ reader of modern handwriting meets. The six families after It wasn't me joined t
 corpus version 2: a model trained on the first eleven read unseen hands at 6-55 % CER per face.
 Corpus version 3 gives each training writer a :class:`GlyphStyle` (per-glyph jitter and letters
 borrowed from a second training face); validation and test writers are drawn as in version 2.
+Corpus version 4 adds 87 more training hands, Google Fonts handwriting faces fetched at setup time
+from the npm registry (:func:`npm_faces`, :mod:`data.synth.npm_fonts`), after the Debian ones.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ __all__ = [
     "face_stroke",
     "font_size",
     "load_font",
+    "npm_faces",
 ]
 
 # Every character the generator draws: fortunes sentences and wamerican words hold nothing else
@@ -166,9 +169,20 @@ def face_problem(path: str) -> str | None:
     return None
 
 
+def npm_faces() -> tuple[Face, ...]:
+    """The Fontsource training hands of corpus version 4 (:mod:`data.synth.npm_fonts`), in manifest order."""
+    from .npm_fonts import manifest
+
+    return tuple(Face(f.file, f.name, f.package, "train") for f in manifest())
+
+
 @functools.cache
-def accepted_faces() -> dict[str, tuple[tuple[Face, str], ...]]:
+def accepted_faces(extra_hands: bool = False) -> dict[str, tuple[tuple[Face, str], ...]]:
     """Installed faces that pass :func:`face_problem`, per split, in table order.
+
+    Args:
+        extra_hands: also the fetched Fontsource training hands (:func:`npm_faces`, after the Debian
+            ones; corpus version 4).
 
     Returns:
         ``{"train": ((face, path), ...), "val": ..., "test": ...}``; a split may be empty when its
@@ -178,10 +192,14 @@ def accepted_faces() -> dict[str, tuple[tuple[Face, str], ...]]:
         math.RendererError: matplotlib (which finds the system fonts) is missing.
     """
     from .math import font_paths
+    from .npm_fonts import installed
 
     paths = font_paths()
+    faces = FACES
+    if extra_hands:
+        paths, faces = {**paths, **installed()}, FACES + npm_faces()
     accepted: dict[str, list[tuple[Face, str]]] = {"train": [], "val": [], "test": []}
-    for face in FACES:
+    for face in faces:
         if face.file in paths and face_problem(paths[face.file]) is None:
             accepted[face.split].append((face, paths[face.file]))
     return {split: tuple(faces) for split, faces in accepted.items()}

@@ -48,6 +48,7 @@ from .hands import (
     draw_glyph_style,
     draw_style,
     face_stroke,
+    npm_faces,
 )
 from .iam_layout import HEADERS, form_record, line_record, sentence_record, tokenize, word_record
 from .math import MissingFontError
@@ -55,12 +56,14 @@ from .runner import JOURNAL, read_journal, run_chunks, write_text
 from .sentences import corpus_sentences
 from .text_forms import FormJob, render_form
 
-__all__ = ["MIN_WORDS", "PRESETS", "SPLITS", "VERSION", "Preset", "TextConfig", "TextConfigError",
+__all__ = ["MIN_WORDS", "PRESETS", "SPLITS", "VERSION", "VERSIONS", "Preset", "TextConfig", "TextConfigError",
            "TextSummary", "Writer", "plan_corpus", "synthesize_text"]
 
 # Bump when the output for a given seed changes (2: six more training hands; 3: glyph variation and
-# borrowed letters for the training writers, validation and test images unchanged).
+# borrowed letters for the training writers; 4: 87 Fontsource training hands (data.synth.npm_fonts);
+# validation and test images the same since version 2).
 VERSION = 3
+VERSIONS = (2, 3, 4)
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 POOLS = {"train": "train", "val": "dev", "test": "test"}  # sentence pools of data.synth.sentences
@@ -113,8 +116,8 @@ class TextConfig:
             raise TextConfigError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         if self.seed < 0:
             raise TextConfigError(f"--seed must be >= 0, got {self.seed}")
-        if self.version not in (2, 3):
-            raise TextConfigError(f"corpus version must be 2 or 3, got {self.version}")
+        if self.version not in VERSIONS:
+            raise TextConfigError(f"corpus version must be one of {VERSIONS}, got {self.version}")
         if not 6 <= self.writers <= 1000:
             raise TextConfigError(f"--writers must lie in 6..1000 (3-digit ids, 2 per held-out split and "
                                   f"2 in train), got {self.writers}")
@@ -145,13 +148,21 @@ class TextSummary:
     writers: list[Writer]
 
 
-def _faces() -> dict[str, tuple[tuple[Face, str], ...]]:
-    faces = accepted_faces()
+def _faces(version: int) -> dict[str, tuple[tuple[Face, str], ...]]:
+    faces = accepted_faces(extra_hands=version >= 4)
     for split, found in faces.items():
         if not found:
             packages = " ".join(sorted({f.package for f in FACES if f.split == split}))
             raise MissingFontError(f"no usable handwriting font for the {split} writers; install the Debian "
                                    f"packages {packages} (make system-deps)")
+    if version >= 4:  # every pinned hand, or the corpus would depend on what happened to download
+        have = {f.file for f, _ in faces["train"]}
+        missing = [f.package for f in npm_faces() if f.file not in have]
+        if missing:
+            more = " ..." if len(missing) > 5 else ""
+            raise MissingFontError(f"corpus version 4 needs the Fontsource training hands; missing or "
+                                   f"unusable: {', '.join(missing[:5])}{more} ({len(missing)}); fetch them "
+                                   f"with `recognizers synth fonts` (make fonts)")
     return faces
 
 
@@ -217,7 +228,7 @@ def plan_corpus(out: str | Path, config: TextConfig) -> tuple[list[Writer], list
         sentences.SourceError: ``fortunes`` or ``wamerican`` is missing.
     """
     counts, preset = config.counts(), PRESETS[config.preset]
-    faces, pools = _faces(), corpus_sentences()
+    faces, pools = _faces(config.version), corpus_sentences()
     writers: list[Writer] = []
     jobs: list[FormJob] = []
     for split, code in SPLIT_CODES.items():
