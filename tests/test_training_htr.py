@@ -243,7 +243,8 @@ def test_optimiser_defaults_and_schedules():
         HTRModule(decoder="ctc")
 
 
-@pytest.mark.parametrize("name", ["htr_iam.yaml", "htr_synth.yaml", "htr_synth_glyphs.yaml", "htr_tiny.yaml"])
+@pytest.mark.parametrize("name", ["htr_iam.yaml", "htr_synth.yaml", "htr_synth_glyphs.yaml",
+                                  "htr_synth_fonts.yaml", "htr_tiny.yaml"])
 def test_recipes_parse(name, capsys):
     """The GPU, CPU and test recipes name only valid arguments (printing instantiates nothing)."""
     from training.cli import main
