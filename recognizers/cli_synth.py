@@ -86,11 +86,12 @@ def _add_synth_text_parser(kinds) -> None:
                       help="tiny: 1 form of about 48 words per writer (unit tests, seconds); dev: 3 forms "
                            "of about 60 words per writer")
     text.add_argument("--form-images", action="store_true", help="also write the pages (formsA-D/ etc.)")
-    text.add_argument("--corpus-version", type=int, choices=(2, 3, 4), default=3,
-                      help="3: training writers vary every glyph and borrow letters from a second face; 4: "
-                           "as 3 with 87 more training hands (Fontsource fonts: `recognizers synth fonts` "
-                           "first); 2: plain faces (the corpus of the shipped handwriting models); val and "
-                           "test are the same in all")
+    text.add_argument("--corpus-version", type=int, choices=(2, 3, 4), default=4,  # data.synth.text.VERSION
+                      help="4: training writers draw 87 more hands (Fontsource fonts: run `recognizers "
+                           "synth fonts` first) besides the Debian ones, each glyph varied and some letters "
+                           "borrowed from a second face; 3: the same on the Debian hands only; 2: plain "
+                           "Debian faces (the corpus of the shipped base's first 10,000 steps); val and test "
+                           "are the same images in all")
     text.set_defaults(handler=_run_synth_text)
     fonts = kinds.add_parser(
         "fonts", help="fetch the extra training hands of text corpus version 4 (npm registry)",

@@ -46,7 +46,7 @@ def fake_registry(monkeypatch):
     """One pinned font whose tarball wraps a Debian training face as WOFF; returns (font, tarball)."""
     from fontTools.ttLib import TTFont
 
-    _require_sources()
+    _require_sources(fetched=False)
     (_, path), *_ = hands.accepted_faces()["train"]
     face = TTFont(path)
     face.flavor = "woff"
@@ -93,7 +93,7 @@ def test_fetch_reports_a_tampered_or_unreachable_package_and_writes_nothing(tmp_
 
 
 def test_corpus_version_4_refuses_to_run_without_the_fetched_hands(tmp_path, monkeypatch):
-    _require_sources()
+    _require_sources(fetched=False)
     monkeypatch.setenv("RECOGNIZERS_FONT_DIR", str(tmp_path / "empty"))
     hands.accepted_faces.cache_clear()
     try:
@@ -103,20 +103,8 @@ def test_corpus_version_4_refuses_to_run_without_the_fetched_hands(tmp_path, mon
         hands.accepted_faces.cache_clear()
 
 
-def _require_fetched() -> None:
-    from tests.conftest import IN_CI
-
-    missing = [f.file for f in npm_fonts.manifest() if f.file not in npm_fonts.installed()]
-    if missing:
-        message = f"{len(missing)} Fontsource hands not fetched (recognizers synth fonts)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 def test_version_4_adds_the_fetched_hands_to_training_only(tmp_path):
     _require_sources()
-    _require_fetched()
     v3, _ = plan_corpus(tmp_path / "v3", TextConfig(writers=100, seed=0, version=3))
     v4, _ = plan_corpus(tmp_path / "v4", TextConfig(writers=100, seed=0, version=4))
     held_out = [(w.id, w.face, w.style, w.glyphs) for w in v3 if w.split != "train"]
@@ -125,3 +113,11 @@ def test_version_4_adds_the_fetched_hands_to_training_only(tmp_path):
     fetched = {f.package for f in hands.npm_faces()}
     assert len(packages & fetched) >= 30  # most of the 70 training writers now draw a Fontsource hand
     assert all(w.glyphs is not None for w in v4 if w.split == "train")
+
+
+def test_the_command_defaults_to_the_current_corpus_version():
+    from data.synth.text import VERSION, VERSIONS
+    from recognizers.cli import build_parser
+
+    args = build_parser().parse_args(["synth", "text", "--out", "x", "--seed", "0"])
+    assert args.corpus_version == VERSION == max(VERSIONS)

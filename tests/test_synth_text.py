@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.synth import hands
+from data.synth import hands, npm_fonts
 from data.synth.handwriting import components
 from data.synth.iam_layout import form_xml, tokenize
 from data.synth.math import MissingFontError, RendererError
@@ -30,12 +30,18 @@ FORM_ID = re.compile(r"[a-r]\d\d-\d{3}[ux]?")
 PUNCTUATION = set(".,;:!?\"'()-")
 
 
-def _require_sources() -> None:
+def _require_sources(fetched: bool = True) -> None:
+    """Skip (fail under CI=true) without the text sources and Debian fonts, and unless ``fetched`` is
+    False, without the Fontsource hands of the default corpus version 4 (`make fonts`)."""
     try:
         corpus_sentences()
         faces = hands.accepted_faces()
         if not all(faces.values()):
             raise MissingFontError(f"a split has no usable font: { {s: len(f) for s, f in faces.items()} }")
+        missing = len(npm_fonts.manifest()) - len(npm_fonts.installed())
+        if fetched and missing:
+            raise MissingFontError(f"{missing} Fontsource hands of corpus version 4 not fetched "
+                                   "(recognizers synth fonts)")
     except (SourceError, MissingFontError, RendererError) as exc:
         if IN_CI:
             pytest.fail(str(exc))
