@@ -41,6 +41,14 @@ def _registry(font: npm_fonts.NpmFont, woff: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def _pin(monkeypatch, tarball: bytes) -> npm_fonts.NpmFont:
+    """Make the manifest one package whose pinned integrity is that of ``tarball``."""
+    digest = base64.b64encode(hashlib.sha512(tarball).digest()).decode()
+    font = npm_fonts.NpmFont("test-hand", "1.0.0", "OFL-1.1", f"sha512-{digest}")
+    monkeypatch.setattr(npm_fonts, "manifest", lambda: (font,))
+    return font
+
+
 @pytest.fixture
 def fake_registry(monkeypatch):
     """One pinned font whose tarball wraps a Debian training face as WOFF; returns (font, tarball)."""
@@ -52,12 +60,8 @@ def fake_registry(monkeypatch):
     face.flavor = "woff"
     woff = io.BytesIO()
     face.save(woff)
-    font = npm_fonts.NpmFont("test-hand", "1.0.0", "OFL-1.1", "")
-    tarball = _registry(font, woff.getvalue())
-    digest = base64.b64encode(hashlib.sha512(tarball).digest()).decode()
-    font = npm_fonts.NpmFont("test-hand", "1.0.0", "OFL-1.1", f"sha512-{digest}")
-    monkeypatch.setattr(npm_fonts, "manifest", lambda: (font,))
-    return font, tarball
+    tarball = _registry(npm_fonts.NpmFont("test-hand", "1.0.0", "OFL-1.1", ""), woff.getvalue())
+    return _pin(monkeypatch, tarball), tarball
 
 
 def test_fetch_verifies_converts_and_skips_what_is_there(tmp_path, fake_registry):
@@ -78,7 +82,8 @@ def test_fetch_verifies_converts_and_skips_what_is_there(tmp_path, fake_registry
     assert len(urls) == 1
 
 
-def test_fetch_reports_a_tampered_or_unreachable_package_and_writes_nothing(tmp_path, fake_registry):
+def test_fetch_reports_a_tampered_unreachable_or_broken_package_and_writes_nothing(tmp_path, fake_registry,
+                                                                                     monkeypatch):
     font, tarball = fake_registry
     bad = npm_fonts.fetch_fonts(tmp_path, lambda url: tarball + b"x")
     assert "integrity mismatch" in bad.failed[font.package]
@@ -89,7 +94,11 @@ def test_fetch_reports_a_tampered_or_unreachable_package_and_writes_nothing(tmp_
 
     down = npm_fonts.fetch_fonts(tmp_path, offline)
     assert "no route to host" in down.failed[font.package]
-    assert not list(tmp_path.iterdir())
+    junk = _registry(font, b"wOFF but not a font")  # the pinned bytes, broken at the source
+    _pin(monkeypatch, junk)
+    broken = npm_fonts.fetch_fonts(tmp_path, lambda url: junk)
+    assert list(broken.failed) == [font.package]
+    assert not list(tmp_path.iterdir())  # no font and no partial file left behind
 
 
 def test_corpus_version_4_refuses_to_run_without_the_fetched_hands(tmp_path, monkeypatch):

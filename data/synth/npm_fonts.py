@@ -108,8 +108,12 @@ def _convert(woff: bytes, target: Path) -> None:
 
     font = TTFont(io.BytesIO(woff))
     font.flavor = None
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".ttf", delete=False) as tmp:
-        font.save(tmp)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".ttf.part", delete=False) as tmp:
+        try:
+            font.save(tmp)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
     os.replace(tmp.name, target)  # atomic: a concurrent reader never sees half a font
 
 
