@@ -22,6 +22,7 @@ it is not a Debian hand already (Nanum Pen Script). None belongs to a validation
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -62,6 +63,7 @@ class NpmFont:
         return f"{REGISTRY}/@fontsource/{self.name}/-/{self.name}-{self.version}.tgz"
 
 
+@functools.cache  # read by every face lookup, the fetch and the tests' checks
 def manifest() -> tuple[NpmFont, ...]:
     """The pinned packages, in manifest order (which fixes the training faces' order)."""
     return tuple(NpmFont(**entry) for entry in json.loads(_MANIFEST.read_text()))
