@@ -7,6 +7,9 @@ optimiser; how the step time grows with the batch; and a torch.profiler table of
 
     python benchmarks/posformer_step_profile.py --data corpora/math/train --batch-sizes 64,256 \
         --out benchmarks/results/posformer_step_profile.json
+
+``--formats nchw,channels_last --precision bf16`` times the DenseNet in both memory orders on the same
+batches (``PosFormerModule(channels_last=...)``); ``--no-table`` skips the profiler.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from training.math_module import PosFormerModule
 RECIPE = Path(__file__).resolve().parents[1] / "training" / "configs" / "posformer_synth.yaml"
 
 
-def build_module(device: torch.device) -> PosFormerModule:
+def build_module(device: torch.device, channels_last: bool = False) -> PosFormerModule:
     """The recipe's model and loss (its optimiser is replaced by AdamW 1e-3 here)."""
     args = dict(yaml.safe_load(RECIPE.read_text())["model"]["init_args"])
     for key in ("optimizer", "schedule", "warmup_steps", "val_max_tokens"):
         args.pop(key, None)
-    return PosFormerModule(**args).to(device).train()
+    torch.manual_seed(0)
+    return PosFormerModule(**args, channels_last=channels_last).to(device).train()
 
 
 def sync(device: torch.device) -> float:
@@ -51,8 +55,10 @@ def batches(data: str, batch_size: int, workers: int, count: int) -> tuple[list[
     return out[3:], count / (time.perf_counter() - start)
 
 
-def time_steps(module: PosFormerModule, data: list[dict], device: torch.device) -> dict[str, float]:
-    """Mean seconds per step of each phase over ``data`` (after two warm-up steps)."""
+def time_steps(module: PosFormerModule, data: list[dict], device: torch.device, bf16: bool = False
+               ) -> dict[str, float]:
+    """Mean seconds per step of each phase over ``data`` (after two warm-up steps); ``bf16``: autocast as
+    Lightning's bf16-mixed does (forward and loss)."""
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
     cfg = module.model.cfg
     totals = dict.fromkeys(("targets", "forward_loss", "backward", "optimizer", "step"), 0.0)
@@ -62,8 +68,9 @@ def time_steps(module: PosFormerModule, data: list[dict], device: torch.device) 
         tf = bidirectional_targets(batch["ids"], labels, pad_id=cfg.pad_id, sos_id=cfg.sos_id,
                                    eos_id=cfg.eos_id, stop=module.hparams.position_stop)
         t1 = sync(device)
-        loss = module.compute_loss({**batch, "images": batch["images"].to(device),
-                                    "mask": batch["mask"].to(device)})
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            loss = module.compute_loss({**batch, "images": batch["images"].to(device),
+                                        "mask": batch["mask"].to(device)})
         t2 = sync(device)
         loss.total.backward()
         t3 = sync(device)
@@ -100,21 +107,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--formats", default="nchw", help="comma-separated: nchw, channels_last")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--no-table", action="store_true", help="skip the torch.profiler table")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    module = build_module(device)
+    formats = args.formats.split(",")
+    if not set(formats) <= {"nchw", "channels_last"}:
+        parser.error(f"--formats takes nchw and channels_last, got {args.formats!r}")
+    modules = {fmt: build_module(device, fmt == "channels_last") for fmt in formats}
     record: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                    "torch": torch.__version__, "params": sum(p.numel() for p in module.parameters()),
-                    "batch_sizes": {}}
+                    "torch": torch.__version__, "precision": args.precision,
+                    "params": sum(p.numel() for p in modules[formats[0]].parameters()), "batch_sizes": {}}
     for size in (int(s) for s in args.batch_sizes.split(",")):
         data, loader_rate = batches(args.data, size, args.workers, args.steps)
-        phases = time_steps(module, data, device)
-        record["batch_sizes"][size] = {"loader_batches_per_s": loader_rate, **phases,
-                                       "images_per_s": size / phases["step"]}
-        print(size, json.dumps(record["batch_sizes"][size]), flush=True)
-    print(profile_table(module, data, device), flush=True)
+        for fmt, module in modules.items():  # the same batches for every format
+            phases = time_steps(module, data, device, bf16=args.precision == "bf16")
+            key = str(size) if len(formats) == 1 else f"{size}/{fmt}"
+            record["batch_sizes"][key] = {"loader_batches_per_s": loader_rate, **phases,
+                                          "images_per_s": size / phases["step"]}
+            print(key, json.dumps(record["batch_sizes"][key]), flush=True)
+    if not args.no_table:
+        print(profile_table(modules[formats[-1]], data, device), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=2) + "\n")

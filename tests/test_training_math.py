@@ -160,6 +160,27 @@ def test_training_and_validation_steps_on_cpu(math_corpus, single_thread):
     assert metrics["val_exprate"] <= metrics["val_le1"] <= metrics["val_le2"] <= metrics["val_le3"]
 
 
+def test_channels_last_is_the_same_model_in_another_memory_order(math_corpus, single_thread, tmp_path):
+    """``channels_last`` changes the DenseNet's memory order only: same loss and gradients, and a
+    checkpoint that loads into an NCHW module."""
+    dm = MathDataModule(str(math_corpus / "train"), str(math_corpus / "test"), batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    plain, nhwc = _module().eval(), _module(channels_last=True).eval()  # eval: dropout off
+    conv = nhwc.model.encoder.densenet.stages[0].grow[0].weight  # 3x3 over 48 channels
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.is_contiguous()
+    losses = [m.compute_loss(batch).total for m in (plain, nhwc)]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for loss in losses:
+        loss.backward()
+    grads = [m.model.encoder.densenet.stages[0].grow[0].weight.grad for m in (plain, nhwc)]
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    reloaded = _module()
+    reloaded.load_state_dict(nhwc.state_dict())
+    torch.testing.assert_close(reloaded.eval().compute_loss(batch).total, losses[0], rtol=1e-5, atol=1e-5)
+
+
 def test_validation_reports_corpus_expression_rates(math_corpus, single_thread):
     """M2/M3: counts accumulate per batch and survive the reduction: an untrained model scores ExpRate 0,
     perfect hypotheses score 1 on every rate."""

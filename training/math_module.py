@@ -85,6 +85,10 @@ class PosFormerModule(L.LightningModule):
             validation interval, as the reference does).
         warmup_steps: linear warm-up of ``noam`` and ``cosine``.
         val_max_tokens: cap of greedy decoding in validation (also capped by the decoder's ``max_len``).
+        channels_last: keep the DenseNet's weights (hence its activations) in NHWC memory order. On a GPU
+            cuDNN's bf16 convolutions run in NHWC, so NCHW tensors are transposed around every conv and
+            batch norm; this removes those copies. Numerically the same model; checkpoints and exports
+            are unaffected (``recognizers export`` stores contiguous tensors).
     """
 
     def __init__(self, vocab_size: int = 113, size: str = "paper", model_overrides: dict | None = None,
@@ -92,7 +96,7 @@ class PosFormerModule(L.LightningModule):
                  loss_normalizer: float = 1.5, position_stop: str = "eos", on_malformed: str = "flat",
                  optimizer: OptimizerCallable = torch.optim.SGD, schedule: str = "plateau",
                  plateau_factor: float = 0.25, plateau_patience: int = 20, warmup_steps: int = 0,
-                 val_max_tokens: int = 200) -> None:
+                 val_max_tokens: int = 200, channels_last: bool = False) -> None:
         super().__init__()
         self.vocab = crohme_vocab()
         if vocab_size != len(self.vocab):
@@ -107,6 +111,8 @@ class PosFormerModule(L.LightningModule):
         if model_overrides:
             cfg = PosFormerConfig.from_dict(merge_overrides(cfg.to_dict(), model_overrides))
         self.model = PosFormer(cfg)
+        if channels_last:  # convs given an NHWC weight produce NHWC outputs, so the whole DenseNet follows
+            self.model.encoder.densenet.to(memory_format=torch.channels_last)
         self.weights = LossWeights(symbol_weight, level_weight, relpos_weight, loss_normalizer)
         self.optimizer_factory = optimizer
         self._counts = torch.zeros(1 + len(_RATES), dtype=torch.float64)  # samples, then hits per rate
