@@ -44,3 +44,18 @@ def test_handwriting_examples_are_read_by_the_bundled_model():
     rec = recognizers.load("handwriting", device="cpu")  # examples ship only with a bundled model
     texts = [r.text for r in rec.recognize([str(p) for p in examples])]
     assert texts == [p.stem.removeprefix("handwriting-") for p in examples]
+
+
+# What each shipped formula example shows (held-out synthetic images: fonts and captions never trained on)
+FORMULAS = {"formula-fraction.png": r"\frac { a + b } { 2 }",
+            "formula-root.png": r"d - \sqrt [ 4 ] { x \times 7 }"}
+
+
+def test_math_examples_are_read_by_the_bundled_model():
+    examples = sorted(EXAMPLES.glob("formula-*.png"))
+    assert sorted(p.name for p in examples) == sorted(FORMULAS)  # a new example needs its LaTeX here
+    if not weights_path(REGISTRY["posformer"]).is_file():  # no bundled math model: the app has no math tab
+        return
+    rec = recognizers.load("posformer", device="cpu")
+    texts = [r.text for r in rec.recognize([str(p) for p in examples])]  # the app's default: beam 10
+    assert texts == [FORMULAS[p.name] for p in examples]

@@ -181,6 +181,33 @@ def test_channels_last_is_the_same_model_in_another_memory_order(math_corpus, si
     torch.testing.assert_close(reloaded.eval().compute_loss(batch).total, losses[0], rtol=1e-5, atol=1e-5)
 
 
+def test_init_from_a_bundle_or_checkpoint_starts_from_its_weights(tmp_path):
+    """``init_from``: a bundle gives every weight but the training-only position branch; a checkpoint
+    gives that too; another architecture is refused, naming the file."""
+    from recognizers.checkpoint import CheckpointError, save_bundle
+    from recognizers.posformer.recognizer import PosFormerRecognizer
+
+    trained = _module()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.5)  # unlike any fresh initialisation
+    bundle = save_bundle(tmp_path / "m.safetensors",
+                         PosFormerRecognizer(trained.model, trained.vocab).to_bundle())
+    started = _module(init_from=str(bundle))
+    before = trained.model.state_dict()
+    for key, value in started.model.named_parameters():  # parameters: buffers start alike anyway
+        same = torch.equal(value, before[key])
+        assert same != key.startswith("position_decoder."), key
+    ckpt = tmp_path / "m.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in before.items()},
+                "recognizers": {"model": "posformer", "config": trained.model.cfg.to_dict(),
+                                "vocab": json.dumps(list(trained.vocab.tokens))}}, ckpt)
+    resumed = _module(init_from=str(ckpt)).model.state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in resumed.items())
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: its model config differs"):
+        _module(init_from=str(bundle), model_overrides={"decoder": {"dim_feedforward": 64}})
+
+
 def test_validation_reports_corpus_expression_rates(math_corpus, single_thread):
     """M2/M3: counts accumulate per batch and survive the reduction: an untrained model scores ExpRate 0,
     perfect hypotheses score 1 on every rate."""
@@ -227,7 +254,8 @@ def test_model_overrides_merge_nested_configs():
         PosFormerModule(vocab_size=100, size="tiny")
 
 
-@pytest.mark.parametrize("name", ["posformer_crohme.yaml", "posformer_synth.yaml"])
+@pytest.mark.parametrize("name", ["posformer_crohme.yaml", "posformer_synth.yaml",
+                                  "posformer_synth_finetune.yaml"])
 def test_recipes_parse(name, capsys):
     """The GPU and CPU recipes name only valid arguments (printing the config instantiates nothing)."""
     from training.cli import main

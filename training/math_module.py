@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -89,6 +90,10 @@ class PosFormerModule(L.LightningModule):
             cuDNN's bf16 convolutions run in NHWC, so NCHW tensors are transposed around every conv and
             batch norm; this removes those copies. Numerically the same model; checkpoints and exports
             are unaffected (``recognizers export`` stores contiguous tensors).
+        init_from: start from a trained PosFormer (``.safetensors`` bundle or project ``.ckpt``) with the
+            same architecture, e.g. to fine-tune the bundled model on CROHME. A bundle has no
+            training-only position branch: that branch starts from its fresh initialisation (a ``.ckpt``
+            brings it along).
     """
 
     def __init__(self, vocab_size: int = 113, size: str = "paper", model_overrides: dict | None = None,
@@ -96,7 +101,8 @@ class PosFormerModule(L.LightningModule):
                  loss_normalizer: float = 1.5, position_stop: str = "eos", on_malformed: str = "flat",
                  optimizer: OptimizerCallable = torch.optim.SGD, schedule: str = "plateau",
                  plateau_factor: float = 0.25, plateau_patience: int = 20, warmup_steps: int = 0,
-                 val_max_tokens: int = 200, channels_last: bool = False) -> None:
+                 val_max_tokens: int = 200, channels_last: bool = False,
+                 init_from: str | None = None) -> None:
         super().__init__()
         self.vocab = crohme_vocab()
         if vocab_size != len(self.vocab):
@@ -111,11 +117,31 @@ class PosFormerModule(L.LightningModule):
         if model_overrides:
             cfg = PosFormerConfig.from_dict(merge_overrides(cfg.to_dict(), model_overrides))
         self.model = PosFormer(cfg)
+        if init_from:
+            self._init_from(init_from)
         if channels_last:  # convs given an NHWC weight produce NHWC outputs, so the whole DenseNet follows
             self.model.encoder.densenet.to(memory_format=torch.channels_last)
         self.weights = LossWeights(symbol_weight, level_weight, relpos_weight, loss_normalizer)
         self.optimizer_factory = optimizer
         self._counts = torch.zeros(1 + len(_RATES), dtype=torch.float64)  # samples, then hits per rate
+
+    def _init_from(self, path: str) -> None:
+        from recognizers.checkpoint import CheckpointError, read_bundle
+        from recognizers.posformer.recognizer import PosFormerRecognizer
+
+        bundle = read_bundle(path)
+        start = PosFormerRecognizer.from_bundle(bundle)  # checks the vocabulary, config and weights
+        ours = self.model.cfg
+        if replace(start.model.cfg, position=ours.position) != ours:
+            raise CheckpointError(f"{path}: its model config differs from this run's: "
+                                  f"{start.model.cfg} vs {ours}")
+        state = start.model.state_dict()  # every weight but the position branch
+        # a .ckpt also holds the branch (a shape mismatch raises in load_state_dict)
+        state.update({k: v for k, v in bundle.state_dict.items() if k.startswith("position_decoder.")})
+        missing = self.model.load_state_dict(state, strict=False).missing_keys
+        if missing:
+            log.warning("%s has no position branch (%d tensors): it starts from its initialisation",
+                        path, len(missing))
 
     # ----- checkpoint ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -184,7 +184,7 @@ class PosFormerRecognizer(Recognizer):
         except ImageError as exc:  # its message starts with the input's name
             raise InputError(str(exc)) from exc
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def recognize(self, inputs: Sequence[Any], *, beam_size: int = 10, nbest: int = 1, num_groups: int = 1,
                   diversity_penalty: float = 0.0, max_length: int = 200) -> list[Result]:
         """Recognise a batch of formula images.
