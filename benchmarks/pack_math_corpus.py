@@ -25,15 +25,14 @@ LEVELS = 16
 
 
 def quantise(pixels: np.ndarray, levels: int = LEVELS) -> np.ndarray:
-    """`(H, W)` uint8 -> the nearest of ``levels`` evenly spaced grey levels (0 and 255 kept)."""
-    step = 255 / (levels - 1)
-    return (np.round(pixels.astype(np.float32) / step) * step).round().astype(np.uint8)
+    """`(H, W)` uint8 -> the index of the nearest of ``levels`` evenly spaced grey levels (0 and 255 kept),
+    which is what a ``levels``-colour palette PNG stores."""
+    return np.round(pixels.astype(np.float32) / (255 / (levels - 1))).astype(np.uint8)
 
 
 def _copy(job: tuple[Path, Path], levels: int = LEVELS) -> None:
     src, dst = job
-    pixels = np.asarray(Image.open(src).convert("L"))
-    index = np.round(quantise(pixels, levels) / (255 / (levels - 1))).astype(np.uint8)
+    index = quantise(np.asarray(Image.open(src).convert("L")), levels)
     image = Image.fromarray(index, "P")
     image.putpalette([round(v * 255 / (levels - 1)) for v in range(levels) for _ in range(3)])
     image.save(dst, format="PNG", bits=4, optimize=True)  # 4 bits per pixel before deflate

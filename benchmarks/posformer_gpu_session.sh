@@ -45,12 +45,18 @@ echo "A/B: $order faster ($step_s s per step); training $steps steps from $(elap
 init=${INIT:+--model.init_args.init_from $INIT}
 STEPS=$steps OUT=$RUN EXTRA="--model.init_args.channels_last $channels_last $init ${EXTRA:-}" \
   timeout $(( BUDGET - $(elapsed) - 30 )) training/gpu_train_posformer.sh .gpu_math/train .gpu_math/test "$BUDGET"
-echo "training ended with status $? at $(elapsed) s"
+status=$?
+echo "training ended with status $status at $(elapsed) s"
 ckpts=runs/posformer_synth/checkpoints  # the recipe's fixed dirpath
 best=$(ls "$ckpts"/step*-exprate*.ckpt 2>/dev/null | "$PY" -c 'import re, sys
 paths = sys.stdin.read().split()
 print(max(paths, key=lambda p: float(re.search(r"exprate([0-9.]+)\.ckpt$", p).group(1))) if paths else "")')
-"$PY" -m recognizers export "$ckpts/last.ckpt" --out "$OUT/posformer_last.safetensors"
+# A run that finished exported last.ckpt itself; one stopped by the timeout did not.
+if [[ $status == 0 && -f "$RUN/posformer.safetensors" ]]; then
+  cp "$RUN/posformer.safetensors" "$OUT/posformer_last.safetensors"
+else
+  "$PY" -m recognizers export "$ckpts/last.ckpt" --out "$OUT/posformer_last.safetensors"
+fi
 [[ -n "$best" ]] && "$PY" -m recognizers export "$best" --out "$OUT/posformer_best.safetensors" \
   && basename "$best" > "$OUT/best.txt"
 find "$RUN" -name metrics.csv -exec cp {} "$OUT/metrics.csv" \;

@@ -99,12 +99,23 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def no_bundled_weights(monkeypatch, tmp_path):
+    """Registered models find their weights in an empty folder (returned) only, not among the package's
+    bundled files, so that a test sees what a checkout without a bundled model does."""
+    import recognizers.registry
+
+    monkeypatch.setenv("RECOGNIZERS_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(recognizers.registry, "weights_path", lambda spec: tmp_path / spec.weights)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tiny_text_corpus(tmp_path_factory):
     """The tiny synthetic IAM-layout corpus (``recognizers synth text --preset tiny --seed 3
-    --corpus-version 3``: 13 font
-    writers, 8 usable for training, 2 each for validation and test), made once per test session; tests
-    only read it. Skips (fails under CI=true) when the fonts or text sources are missing."""
+    --corpus-version 3``: 13 font writers, 8 usable for training, 2 each for validation and test), made
+    once per test session; tests only read it. Skips (fails under CI=true) when the fonts or text sources
+    are missing."""
     from data.synth.hands import accepted_faces
     from data.synth.math import MissingFontError, RendererError
     from data.synth.sentences import SourceError, corpus_sentences

@@ -7,7 +7,6 @@ import json
 import shutil
 import zipfile
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,22 +193,13 @@ def test_mismatched_model_files_raise_checkpoint_error(bundle_path, tmp_path, ki
         recognizers.load(path, device="cpu")
 
 
-def _no_bundled_weights(monkeypatch, folder: Path) -> None:
-    """Registered models find their weights in ``folder`` only, not among the package's bundled files."""
-    import recognizers.registry
-
-    monkeypatch.setenv("RECOGNIZERS_WEIGHTS_DIR", str(folder))
-    monkeypatch.setattr(recognizers.registry, "weights_path", lambda spec: folder / spec.weights)
-
-
-def test_registry_lists_posformer_only_when_its_weights_exist(bundle_path, tmp_path, monkeypatch):
+def test_registry_lists_posformer_only_when_its_weights_exist(bundle_path, no_bundled_weights):
     spec = REGISTRY["posformer"]
     assert (spec.task, spec.weights) == ("math", "posformer.safetensors")
-    _no_bundled_weights(monkeypatch, tmp_path)
     assert "posformer" not in recognizers.available()
     with pytest.raises(ValueError, match="weights"):
         recognizers.load("posformer")
-    shutil.copy(bundle_path, tmp_path / "posformer.safetensors")
+    shutil.copy(bundle_path, no_bundled_weights / "posformer.safetensors")
     assert "posformer" in recognizers.available()
     assert isinstance(recognizers.load("posformer", device="cpu"), PosFormerRecognizer)
 
@@ -293,8 +283,7 @@ def test_evaluate_math_scores_exact_matches_and_reads_zips(bundle_path, crohme_f
 
 
 def test_evaluate_math_without_weights_or_corpus_is_a_usage_error(crohme_folder, tmp_path, capsys,
-                                                                   monkeypatch):
-    _no_bundled_weights(monkeypatch, tmp_path)
+                                                                   no_bundled_weights):
     assert main(["evaluate", "--task", "math", "--data", str(crohme_folder)]) == 2
     assert "posformer.safetensors" in capsys.readouterr().err  # the registry's weights are missing
     assert main(["evaluate", "--task", "math", "--data", str(tmp_path)]) == 2

@@ -41,11 +41,7 @@ def test_report_of_batch_sizes_over_four_files(bench, tiny_asr, audio_tree, tmp_
     assert str(out) in printed
 
 
-def test_missing_bundled_model_is_a_clear_error(bench, tmp_path, monkeypatch, capsys):
-    import recognizers.registry
-
-    # registered models look only in an empty folder, not among the package's bundled files
-    monkeypatch.setattr(recognizers.registry, "weights_path", lambda spec: tmp_path / spec.weights)
+def test_missing_bundled_model_is_a_clear_error(bench, no_bundled_weights, capsys):
     assert bench.main(["--task", "math", "--num", "2"]) == 2
     err = capsys.readouterr().err
     assert "posformer" in err
