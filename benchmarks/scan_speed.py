@@ -1,6 +1,7 @@
 """Selective-scan speed and memory on the CPU: every CPU backend against the sequential reference.
 
     python benchmarks/scan_speed.py [--lengths 256 1024 4096] [--out benchmarks/out/scan_speed.json]
+    python benchmarks/scan_speed.py --paired 8 [--lengths 1024]   # the fused/reference ratio, interleaved
 
 Shapes: B=4, D=512, N=16, float32, called as the Mamba block calls it (D skip, z gate, delta_bias
 with softplus). Each (backend, L) runs in its own subprocess, so its peak memory is its own: the
@@ -8,6 +9,11 @@ peak resident set during one forward+backward minus the resident set just before
 the warm-up excluded). Times are medians over repeats after WARMUP forward+backward runs (the first
 runs of a process also pay for first-touch page faults and allocator growth).
 Prints a Markdown table and writes JSON. A benchmark, not a test: nothing here asserts.
+
+This machine's speed drifts by up to ±20 % over seconds, and the table's backends are timed minutes
+apart, so their ratios carry that drift. ``--paired K`` measures the fused/reference ratio the other
+way: in one process, K times, one reference forward+backward and then the median of 5 fused ones, so
+both see the same load; it prints each pair's ratio and their median.
 """
 
 from __future__ import annotations
@@ -86,6 +92,38 @@ def _worker(backend: str, length: int, repeats: int) -> dict:
             "repeats": repeats, "warmup": WARMUP}
 
 
+def _paired(length: int, pairs: int) -> dict:
+    """Interleaved reference and fused forward+backward in one process (runs inside a subprocess)."""
+    import torch
+
+    import kernels
+
+    torch.manual_seed(0)
+    b, d, n = SHAPE["batch"], SHAPE["dim"], SHAPE["dstate"]
+    leaves = [torch.randn(b, d, length), torch.randn(b, d, length) - 2.0, -torch.rand(d, n) - 0.5,
+              torch.randn(b, n, length), torch.randn(b, n, length), torch.ones(d),
+              torch.randn(b, d, length), torch.rand(d)]
+    leaves = [t.requires_grad_() for t in leaves]
+    grad = torch.randn(b, d, length)
+
+    def timed(backend: str) -> float:
+        t0 = time.perf_counter()
+        kernels.selective_scan(*leaves, delta_softplus=True, backend=backend).backward(grad)
+        elapsed = time.perf_counter() - t0
+        for t in leaves:
+            t.grad = None
+        return elapsed
+
+    for _ in range(WARMUP):
+        timed("reference"), timed("cpu")
+    rows = []
+    for _ in range(pairs):
+        ref = timed("reference")
+        fused = statistics.median(timed("cpu") for _ in range(5))
+        rows.append({"reference_ms": 1e3 * ref, "cpu_ms": 1e3 * fused, "ratio": ref / fused})
+    return {"length": length, "pairs": rows, "median_ratio": statistics.median(r["ratio"] for r in rows)}
+
+
 def _subprocess(backend: str, length: int, repeats: int, env: dict) -> dict:
     cmd = [sys.executable, __file__, "--worker", backend, str(length), str(repeats)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -138,12 +176,18 @@ def main() -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "scan_speed.json")
+    parser.add_argument("--paired", type=int, default=0, metavar="K",
+                        help="instead of the table: K interleaved reference/fused pairs per length")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         backend, length, repeats = args.worker
-        print(json.dumps(_worker(backend, int(length), int(repeats))))
+        result = _paired(int(length), int(repeats)) if backend == "paired" else _worker(
+            backend, int(length), int(repeats))
+        print(json.dumps(result))
         return 0
+    if args.paired:
+        return _main_paired(args)
     rows = []
     for length in args.lengths:
         for backend in BACKENDS:
@@ -159,6 +203,25 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"shape": SHAPE, "dtype": "float32", "rows": rows}, indent=2))
     print(f"\nJSON: {args.out}")
+    return 0
+
+
+def _main_paired(args) -> int:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **TIMING_ENV}
+    results = []
+    for length in args.lengths:
+        result = _subprocess("paired", length, args.paired, env)
+        if "error" in result:
+            print(f"L={length}: failed: {result['error']}")
+            return 1
+        results.append(result)
+        print(f"L={length}: fused forward+backward vs reference, {args.paired} interleaved pairs")
+        for r in result["pairs"]:
+            print(f"  reference {r['reference_ms']:.0f} ms, fused {r['cpu_ms']:.1f} ms: {r['ratio']:.1f}x")
+        print(f"  median ratio {result['median_ratio']:.1f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"shape": SHAPE, "dtype": "float32", "paired": results}, indent=2))
+    print(f"JSON: {args.out}")
     return 0
 
 

@@ -244,7 +244,7 @@ def test_optimiser_defaults_and_schedules():
 
 
 @pytest.mark.parametrize("name", ["htr_iam.yaml", "htr_synth.yaml", "htr_synth_glyphs.yaml",
-                                  "htr_synth_fonts.yaml", "htr_tiny.yaml"])
+                                  "htr_synth_fonts.yaml", "htr_synth_long.yaml", "htr_tiny.yaml"])
 def test_recipes_parse(name, capsys):
     """The GPU, CPU and test recipes name only valid arguments (printing instantiates nothing)."""
     from training.cli import main
