@@ -317,6 +317,33 @@ def test_batched_decoding_equals_per_input_decoding(fn):
         assert all(len(h.tokens) <= math.ceil(0.7 * lengths[b].item()) for h in alone)
 
 
+@pytest.mark.parametrize("fn", [greedy_search, beam_search])
+def test_per_input_start_and_end_tokens_equal_separate_searches(fn):
+    """Inputs that decode in different directions (PosFormer's l2r and r2l) share one batch: each gets what
+    a search with its own start and end token gives, and never emits its own start token."""
+    toy = TrigramToy.random(batch=4, vocab=7, seed=5)
+    sos, eos = [SOS, EOS, SOS, EOS], [EOS, SOS, EOS, SOS]  # inputs 1 and 3 run "backwards"
+    beam = 1 if fn is greedy_search else 3
+    opts = options(beam_size=beam, nbest=beam, suppress_tokens=(BLANK,))
+    mixed = fn(toy.step, toy.initial_state(), toy.reorder, batch_size=4, sos_id=sos, eos_id=eos, options=opts,
+               suppress_sos=True)
+    for b in range(4):
+        alone = toy.subset(b)
+        expected = fn(alone.step, alone.initial_state(), alone.reorder, batch_size=1, sos_id=sos[b],
+                      eos_id=eos[b], options=opts, suppress_sos=True)[0]
+        assert summary([mixed[b]]) == summary([expected])
+        assert [h.score for h in mixed[b]] == pytest.approx([h.score for h in expected], abs=1e-6)
+        assert all(sos[b] not in h.tokens for h in mixed[b])
+        assert all(eos[b] not in h.tokens for h in mixed[b])  # a finished hypothesis drops its end token
+    # suppress_sos with one start token for all is suppress_tokens with it
+    same = fn(toy.step, toy.initial_state(), toy.reorder, batch_size=4, sos_id=SOS, eos_id=EOS,
+              options=opts, suppress_sos=True)
+    assert summary(same) == summary(toy.search(fn, options(beam_size=beam, nbest=beam)))
+    with pytest.raises(ValueError, match="sos_id: 2 ids for 4 inputs"):
+        fn(toy.step, toy.initial_state(), toy.reorder, batch_size=4, sos_id=[SOS, EOS], eos_id=EOS,
+           options=opts)
+
+
 # ------------------------------------------------------------------------------------- diverse search
 
 

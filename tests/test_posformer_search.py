@@ -12,6 +12,7 @@ import torch
 from recognizers import decoding
 from recognizers.posformer.search import (
     bidirectional_search,
+    both_directions,
     directional_search,
     encode_images,
     search_options,
@@ -85,6 +86,24 @@ def test_best_candidate_is_the_argmax_over_both_directions_pools(model, images, 
         assert {h.tokens for h in best[b]} <= candidates
         contributed |= {d for h in best[b] for d in h.found_by}
     assert contributed == {"l2r", "r2l"}
+
+
+@pytest.mark.parametrize("options", [
+    search_options(3, 3, max_length=10),
+    search_options(1, 1, max_length=10),
+    search_options(4, 4, num_groups=2, diversity_penalty=0.5, max_length=10),
+], ids=["beam", "greedy", "diverse"])
+def test_both_directions_in_one_batch_equal_two_directional_searches(model, encoded, options):
+    """bidirectional_search runs l2r and r2l as one batch of 2B inputs (one decoder step for both); every
+    image gets the hypotheses of each direction's own search, in natural order, without specials."""
+    both = both_directions(model, *encoded, options)
+    for direction in ("l2r", "r2l"):
+        alone = directional_search(model, *encoded, direction, options)
+        assert len(both[direction]) == len(alone) == len(SIZES)
+        for joint, single in zip(both[direction], alone, strict=True):
+            assert [(h.tokens, h.finished) for h in joint] == [(h.tokens, h.finished) for h in single]
+            assert [h.score for h in joint] == pytest.approx([h.score for h in single], abs=1e-9)
+            assert all(not SPECIALS & set(h.tokens) for h in joint)
 
 
 def test_finished_search_scores_are_normalised_by_length_with_start(model, images, encoded):

@@ -17,7 +17,9 @@ Contract with the model (N = hypotheses in flight, V = vocabulary):
   with ``reorder``, so N changes between steps.
 
 Every search function is called as ``fn(step, state, reorder, *, batch_size, sos_id, eos_id, options,
-...)``; e.g. ``reorder = lambda state, index: state.index_select(index)``.
+...)``; e.g. ``reorder = lambda state, index: state.index_select(index)``. ``sos_id`` and ``eos_id`` are
+one id for every input or a sequence of B ids, one per input: inputs that decode in different directions
+(PosFormer's l2r and r2l searches) then share one batch, so the model steps once for both.
 """
 
 from __future__ import annotations
@@ -43,10 +45,21 @@ def _filters(options: DecodingOptions, extra: Sequence[LogitFilter]) -> list[Log
     return ([SuppressTokens(options.suppress_tokens)] if options.suppress_tokens else []) + list(extra)
 
 
-def _log_probs(scores: Tensor, temperature: float, filters: list[LogitFilter], history: Tensor) -> Tensor:
+def _per_input(ids: int | Sequence[int], batch_size: int, name: str, dev: torch.device) -> Tensor:
+    """`(B,)` long: one id for every input, or one per input."""
+    if isinstance(ids, int):
+        return torch.full((batch_size,), ids, dtype=torch.long, device=dev)
+    if len(ids) != batch_size:
+        raise ValueError(f"{name}: {len(ids)} ids for {batch_size} inputs")
+    return torch.tensor([int(i) for i in ids], dtype=torch.long, device=dev)
+
+
+def _log_probs(scores: Tensor, temperature: float, filters: list[LogitFilter], history: Tensor,
+               row_sos: Tensor | None = None) -> Tensor:
     """Model scores `(N, V)` -> log-probabilities `(N, V)` after temperature and filters, in float32 or
     the model's own wider dtype (a float64 model keeps float64 sums: its searched scores then equal
-    teacher-forced ones to float64 rounding)."""
+    teacher-forced ones to float64 rounding). ``row_sos`` `(N,)`: each row's own start token, set to
+    -inf like a suppressed token (``suppress_sos``)."""
     if scores.dim() != 2 or scores.shape[0] != history.shape[0]:
         raise ValueError(f"step must return (N, V) scores, N={history.shape[0]}; got {tuple(scores.shape)}")
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
@@ -55,6 +68,8 @@ def _log_probs(scores: Tensor, temperature: float, filters: list[LogitFilter], h
     scores = scores.log_softmax(dim=-1)
     for logit_filter in filters:
         scores = logit_filter.apply(scores, history)
+    if row_sos is not None:
+        scores = scores.scatter(1, row_sos[:, None], -math.inf)
     return scores
 
 
@@ -85,10 +100,11 @@ def _device(device: torch.device | str | None, lengths: Tensor | None) -> torch.
 
 
 @torch.no_grad()
-def greedy_search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int, sos_id: int, eos_id: int,
+def greedy_search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int,
+                  sos_id: int | Sequence[int], eos_id: int | Sequence[int],
                   options: DecodingOptions = _DEFAULTS, lengths: Tensor | None = None,
-                  device: torch.device | str | None = None, logit_filters: Sequence[LogitFilter] = ()
-                  ) -> list[list[Hypothesis]]:
+                  device: torch.device | str | None = None, logit_filters: Sequence[LogitFilter] = (),
+                  suppress_sos: bool = False) -> list[list[Hypothesis]]:
     """Batched argmax decoding: one hypothesis per input (``beam_size`` and ``nbest`` are not used).
 
     Inputs that are done are dropped with ``reorder``, so later steps only compute the others. Arguments
@@ -103,14 +119,17 @@ def greedy_search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: i
     dev, filters = _device(device, lengths), _filters(options, logit_filters)
     alive = list(range(batch_size))  # original index of each row still decoding
     results: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
-    last = torch.full((batch_size,), sos_id, dtype=torch.long, device=dev)
+    sos, eos = (_per_input(i, batch_size, n, dev) for i, n in ((sos_id, "sos_id"), (eos_id, "eos_id")))
+    last = sos.clone()
     history = torch.empty((batch_size, 0), dtype=torch.long, device=dev)
     att = torch.zeros(batch_size, device=dev)
     while alive:  # every input is done by its cap at the latest
         scores, state = step(last, state)
-        best_lp, last = _log_probs(scores, options.temperature, filters, history).max(dim=-1)  # (A,)
+        rows = torch.tensor(alive, dtype=torch.long, device=dev)  # (A,) the input of each row
+        row_sos = sos[rows] if suppress_sos else None
+        best_lp, last = _log_probs(scores, options.temperature, filters, history, row_sos).max(dim=-1)  # (A,)
         att, history = att + best_lp, torch.cat([history, last[:, None]], dim=1)  # (A,), (A, t + 1)
-        ended = (last == eos_id).tolist()
+        ended = (last == eos[rows]).tolist()
         done = [e or history.shape[1] >= caps[b] for e, b in zip(ended, alive, strict=True)]
         if not any(done):
             continue
@@ -142,7 +161,7 @@ class _Choice(NamedTuple):
     finish: Tensor  # (F, 2) (input, flat candidate position) pairs that end with <eos>
 
 
-def _select_group(joint: Tensor, ids: Tensor, size: int, eos: int, counts: Tensor | None,
+def _select_group(joint: Tensor, ids: Tensor, size: int, eos: Tensor, counts: Tensor | None,
                   penalty: float) -> _Choice:
     """Top 2·Kg candidates of one group: <eos> ones ranked within Kg finish, the first Kg others continue.
 
@@ -151,18 +170,19 @@ def _select_group(joint: Tensor, ids: Tensor, size: int, eos: int, counts: Tenso
     Args:
         joint: `(A, Kg·C)` joint scores of the group's candidates; ids: `(A, Kg·C)` their tokens.
         size: Kg, the group's beam.
+        eos: `(A,)` each input's end token.
         counts: `(A, V)` how often earlier groups chose each token at this step (updated here), or None.
         penalty: the diversity penalty per count.
     """
     ranked = joint - penalty * counts.gather(1, ids) if counts is not None else joint
     top = ranked.topk(min(2 * size, ids.shape[1]), dim=1).indices  # (A, 2Kg) in rank order
     ranks = torch.arange(top.shape[1], device=top.device)
-    is_eos = ids.gather(1, top) == eos
+    is_eos = ids.gather(1, top) == eos[:, None]
     finishing = is_eos & (ranks < size) & torch.isfinite(joint.gather(1, top))  # (A, 2Kg)
     order = (is_eos.long() * top.shape[1] + ranks).argsort(dim=1)[:, :size]  # non-eos first, by rank
     keep = top.gather(1, order)  # (A, Kg)
     if counts is not None:
-        chosen = torch.cat([ids.gather(1, keep), torch.full_like(top, eos)], dim=1)
+        chosen = torch.cat([ids.gather(1, keep), eos[:, None].expand_as(top)], dim=1)
         weight = torch.cat([torch.isfinite(joint.gather(1, keep)), finishing], dim=1)
         counts.scatter_add_(1, chosen, weight.to(counts.dtype))
     rows, columns = finishing.nonzero(as_tuple=True)
@@ -250,8 +270,9 @@ def _retire(a: int, beams: _Beams, pools: list, options: DecodingOptions, with_c
 
 
 def _advance(log_probs: Tensor, beams: _Beams, ctc: CTCPrefixScorer | None, ctc_state: CTCState | None,
-             pools: list, caps: list[int], options: DecodingOptions, eos: int) -> tuple[_Beams, Tensor]:
-    """One search step: extend, finish, prune, retire capped inputs and drop inputs that are done.
+             pools: list, caps: list[int], options: DecodingOptions, eos: Tensor) -> tuple[_Beams, Tensor]:
+    """One search step: extend, finish, prune, retire capped inputs and drop inputs that are done
+    (``eos`` `(B,)`: each input's end token).
 
     Returns:
         The running hypotheses of the inputs still searching, and `(A'·K,)` the row of the previous
@@ -261,9 +282,10 @@ def _advance(log_probs: Tensor, beams: _Beams, ctc: CTCPrefixScorer | None, ctc_
     cand = _candidates(log_probs, beams, ctc, ctc_state, options)
     penalty = options.diversity_penalty if num_groups > 1 else 0.0
     counts = log_probs.new_zeros(num_inputs, log_probs.shape[1]) if penalty else None
+    live_eos = eos[torch.tensor(beams.inputs, dtype=torch.long, device=eos.device)]  # (A,)
     keep = []
     for group in range(num_groups):
-        choice = _select_group(cand.joint[:, group], cand.ids[:, group], size, eos, counts, penalty)
+        choice = _select_group(cand.joint[:, group], cand.ids[:, group], size, live_eos, counts, penalty)
         _finish(choice, group, cand, beams, pools, options, ctc is not None)
         keep.append(choice.keep)
     keep = torch.stack(keep, dim=1)  # (A, G, Kg) flat positions k·C + c
@@ -301,19 +323,21 @@ def _results(pools: list, nbest: int) -> list[list[Hypothesis]]:
     return results
 
 
-def _check_ctc(options: DecodingOptions, ctc: CTCPrefixScorer | None, batch_size: int, eos: int) -> None:
+def _check_ctc(options: DecodingOptions, ctc: CTCPrefixScorer | None, batch_size: int, eos: Tensor) -> None:
     if options.ctc_weight > 0 and ctc is None:
         raise ValueError("ctc_weight > 0 needs a CTCPrefixScorer (ctc=...)")
-    if ctc is not None and (ctc.batch_size != batch_size or ctc.eos != eos):
+    if ctc is not None and (ctc.batch_size != batch_size or bool((eos != ctc.eos).any())):
         raise ValueError(f"the CTCPrefixScorer was built for {ctc.batch_size} inputs and eos={ctc.eos}, "
-                         f"not {batch_size} inputs and eos={eos}")
+                         f"not {batch_size} inputs and eos={sorted(set(eos.tolist()))}")
 
 
 @torch.no_grad()
-def beam_search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int, sos_id: int, eos_id: int,
+def beam_search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int,
+                sos_id: int | Sequence[int], eos_id: int | Sequence[int],
                 options: DecodingOptions = _DEFAULTS, lengths: Tensor | None = None,
                 ctc: CTCPrefixScorer | None = None, device: torch.device | str | None = None,
-                logit_filters: Sequence[LogitFilter] = ()) -> list[list[Hypothesis]]:
+                logit_filters: Sequence[LogitFilter] = (), suppress_sos: bool = False
+                ) -> list[list[Hypothesis]]:
     """Batched beam search, optionally diverse (groups) and jointly scored with CTC.
 
     Per input and group, each step keeps the top 2·Kg extensions by joint score (minus the diversity
@@ -328,21 +352,23 @@ def beam_search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int
         state: the model state for ``batch_size`` inputs, one row each.
         reorder: selects rows of the model state (module docstring).
         batch_size: B, the number of inputs.
-        sos_id: the token fed first (the start token of the decoding direction).
-        eos_id: the token that ends a hypothesis.
+        sos_id: the token fed first (the start token of the decoding direction), or B of them.
+        eos_id: the token that ends a hypothesis, or B of them (one per input).
         options: search settings.
         lengths: `(B,)` encoder lengths; needed by ``max_length_ratio``.
         ctc: CTC prefix scores of the same inputs; required when ``ctc_weight > 0``. With
             ``ctc_weight == 0`` they are reported in ``log_prob_ctc`` but do not steer the search.
         device: where token tensors live (default: that of ``lengths``, else the CPU).
         logit_filters: extra filters, applied after ``options.suppress_tokens``.
+        suppress_sos: never emit an input's own ``sos_id`` (as ``suppress_tokens`` does, but per input).
 
     Returns:
         `B` lists of up to ``nbest`` hypotheses, best first (diverse search drops repeated sequences).
     """
-    _check_ctc(options, ctc, batch_size, eos_id)
-    caps = _length_caps(options, batch_size, lengths)
     dev, filters = _device(device, lengths), _filters(options, logit_filters)
+    sos, eos = (_per_input(i, batch_size, n, dev) for i, n in ((sos_id, "sos_id"), (eos_id, "eos_id")))
+    _check_ctc(options, ctc, batch_size, eos)
+    caps = _length_caps(options, batch_size, lengths)
     num_groups, size = options.num_groups, options.beam_size // options.num_groups
     pools = [[[] for _ in range(num_groups)] for _ in range(batch_size)]
     index = torch.arange(batch_size, device=dev).repeat_interleave(options.beam_size)  # (B·K,)
@@ -352,11 +378,15 @@ def beam_search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int
     att[:, :, 0] = 0.0  # each group starts from one empty hypothesis, not Kg copies of it
     beams = _Beams(list(range(batch_size)), att, torch.zeros_like(att),
                    torch.empty((batch_size * options.beam_size, 0), dtype=torch.long, device=dev))
-    last = torch.full((batch_size * options.beam_size,), sos_id, dtype=torch.long, device=dev)
+    last = sos.repeat_interleave(options.beam_size)  # (B·K,)
     while beams.inputs:  # every input is done by its cap at the latest
         scores, state = step(last, state)
-        log_probs = _log_probs(scores, options.temperature, filters, beams.history)
-        beams, index = _advance(log_probs, beams, ctc, ctc_state, pools, caps, options, eos_id)
+        row_sos = None
+        if suppress_sos:
+            inputs = torch.tensor(beams.inputs, dtype=torch.long, device=dev)
+            row_sos = sos[inputs].repeat_interleave(options.beam_size)  # (A·K,)
+        log_probs = _log_probs(scores, options.temperature, filters, beams.history, row_sos)
+        beams, index = _advance(log_probs, beams, ctc, ctc_state, pools, caps, options, eos)
         if not beams.inputs:
             break
         state, last = reorder(state, index), beams.history[:, -1]
@@ -365,13 +395,15 @@ def beam_search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int
     return _results(pools, options.nbest)
 
 
-def search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int, sos_id: int, eos_id: int,
+def search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int,
+           sos_id: int | Sequence[int], eos_id: int | Sequence[int],
            options: DecodingOptions = _DEFAULTS, lengths: Tensor | None = None,
            ctc: CTCPrefixScorer | None = None, device: torch.device | str | None = None,
-           logit_filters: Sequence[LogitFilter] = ()) -> list[list[Hypothesis]]:
+           logit_filters: Sequence[LogitFilter] = (), suppress_sos: bool = False) -> list[list[Hypothesis]]:
     """:func:`greedy_search` when it gives the same result (beam 1, no CTC), else :func:`beam_search`."""
     common = {"batch_size": batch_size, "sos_id": sos_id, "eos_id": eos_id, "options": options,
-              "lengths": lengths, "device": device, "logit_filters": logit_filters}
+              "lengths": lengths, "device": device, "logit_filters": logit_filters,
+              "suppress_sos": suppress_sos}
     if options.beam_size == 1 and ctc is None:
         return greedy_search(step, state, reorder, **common)
     return beam_search(step, state, reorder, ctc=ctc, **common)

@@ -59,7 +59,8 @@ class DecoderState:
         layers: one :class:`LayerCache` per decoder layer.
         memory_mask: `(N, h, w)` bool, True on padded feature cells.
         length: tokens consumed so far (the position of the next one).
-        direction: ``"l2r"`` or ``"r2l"``; IAC uses the same Ω in both, so it is informational.
+        direction: ``"l2r"``, ``"r2l"`` or ``"both"`` (rows of both directions, ``search.both_directions``);
+            IAC uses the same Ω in both, so it is informational.
         source: `(N,)` long, the image of each row (None: unknown, the memory is gathered at every
             reorder).
     """

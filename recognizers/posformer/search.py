@@ -7,7 +7,10 @@ implementation SJTU-DeepVisionLab/PosFormer; implemented from the spec, not copi
 1. encode each image once (:func:`encode_images`);
 2. beam search left to right (start ``<sos>``, stop ``<eos>``) and right to left (start ``<eos>``, stop
    ``<sos>``, as ``PosFormer.start_token``/``stop_token`` say) with ``recognizers.decoding``; r2l
-   hypotheses are reversed into natural order;
+   hypotheses are reversed into natural order. Both searches run as one batch of 2B inputs with a start
+   and stop token per input (:func:`both_directions`): the decoder steps once per step for both, which
+   costs about 1.5x one direction's step instead of 2x, and gives each input the hypotheses its own
+   :func:`directional_search` gives;
 3. pool the hypotheses of both directions per image (a sequence found by both counts once);
 4. score every pooled sequence in *both* directions, teacher-forcing it through the decoder
    (:func:`sequence_scores`) unless that direction's search finished it; a direction's score is
@@ -55,6 +58,7 @@ __all__ = [
     "RESCORE_CELLS",
     "RescoredHypothesis",
     "bidirectional_search",
+    "both_directions",
     "directional_search",
     "encode_images",
     "search_options",
@@ -170,6 +174,32 @@ def directional_search(model: PosFormer, memory: Tensor, memory_mask: Tensor, di
     return results
 
 
+@torch.no_grad()
+def both_directions(model: PosFormer, memory: Tensor, memory_mask: Tensor, options: decoding.DecodingOptions
+                    ) -> dict[str, list[list[decoding.Hypothesis]]]:
+    """:func:`directional_search` in both directions at once, as one search over 2B inputs (input b is
+    image b left to right, input B + b the same image right to left); the search is per input, so each
+    direction gets the hypotheses of its own search (to float rounding of the batched decoder).
+
+    Args:
+        model, memory `(B, h, w, d)`, memory_mask `(B, h, w)`, options: as for :func:`directional_search`.
+
+    Returns:
+        ``{"l2r": ..., "r2l": ...}``, each `B` lists of up to ``options.nbest`` hypotheses in natural order.
+    """
+    b = memory.shape[0]
+    suppress = tuple(dict.fromkeys((*options.suppress_tokens, model.cfg.pad_id)))  # + each input's start
+    options = replace(_fit_to_model(model, options), suppress_tokens=suppress)
+    rows = torch.arange(b, device=memory.device).repeat(2)  # (2B,) the image of each input
+    state = replace(model.init_state(memory, memory_mask).index_select(rows), direction="both")
+    starts = [model.start_token(d) for d in DIRECTIONS for _ in range(b)]
+    stops = [model.stop_token(d) for d in DIRECTIONS for _ in range(b)]
+    results = decoding.search(model.step, state, _reorder, batch_size=2 * b, sos_id=starts, eos_id=stops,
+                              options=options, device=memory.device, suppress_sos=True)
+    r2l = [[replace(h, tokens=h.tokens[::-1]) for h in hyps] for hyps in results[b:]]
+    return {"l2r": results[:b], "r2l": r2l}
+
+
 def _chunks(lengths: list[int], cells: int, budget: int) -> list[list[int]]:
     """Row indices sorted by length, cut so that rows · (longest + 1) · cells stays within budget."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
@@ -274,9 +304,9 @@ def bidirectional_search(model: PosFormer, memory: Tensor, memory_mask: Tensor,
     options = _fit_to_model(model, options or search_options())
     per_direction = replace(options, nbest=options.beam_size)
     pools: list[dict[tuple[int, ...], dict[str, decoding.Hypothesis]]] = [{} for _ in range(memory.shape[0])]
+    searched = both_directions(model, memory, memory_mask, per_direction)
     for direction in DIRECTIONS:
-        for pool, hyps in zip(pools, directional_search(model, memory, memory_mask, direction, per_direction),
-                              strict=True):
+        for pool, hyps in zip(pools, searched[direction], strict=True):
             for hyp in hyps:
                 pool.setdefault(hyp.tokens, {}).setdefault(direction, hyp)
     image_index = [b for b, pool in enumerate(pools) for _ in pool]
