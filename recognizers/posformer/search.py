@@ -163,15 +163,7 @@ def directional_search(model: PosFormer, memory: Tensor, memory_mask: Tensor, di
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    start, stop = model.start_token(direction), model.stop_token(direction)
-    suppress = tuple(dict.fromkeys((*options.suppress_tokens, model.cfg.pad_id, start)))
-    options = replace(_fit_to_model(model, options), suppress_tokens=suppress)
-    results = decoding.search(model.step, model.init_state(memory, memory_mask, direction), _reorder,
-                              batch_size=memory.shape[0], sos_id=start, eos_id=stop, options=options,
-                              device=memory.device)
-    if direction == "r2l":
-        results = [[replace(h, tokens=h.tokens[::-1]) for h in hyps] for hyps in results]
-    return results
+    return _search(model, memory, memory_mask, (direction,), options)[direction]
 
 
 @torch.no_grad()
@@ -187,17 +179,31 @@ def both_directions(model: PosFormer, memory: Tensor, memory_mask: Tensor, optio
     Returns:
         ``{"l2r": ..., "r2l": ...}``, each `B` lists of up to ``options.nbest`` hypotheses in natural order.
     """
+    return _search(model, memory, memory_mask, DIRECTIONS, options)
+
+
+def _search(model: PosFormer, memory: Tensor, memory_mask: Tensor, directions: tuple[str, ...],
+            options: decoding.DecodingOptions) -> dict[str, list[list[decoding.Hypothesis]]]:
+    """One search over ``len(directions)`` · B inputs, each with its direction's start and stop token; the
+    direction's start token and ``<pad>`` are never emitted."""
     b = memory.shape[0]
     suppress = tuple(dict.fromkeys((*options.suppress_tokens, model.cfg.pad_id)))  # + each input's start
     options = replace(_fit_to_model(model, options), suppress_tokens=suppress)
-    rows = torch.arange(b, device=memory.device).repeat(2)  # (2B,) the image of each input
-    state = replace(model.init_state(memory, memory_mask).index_select(rows), direction="both")
-    starts = [model.start_token(d) for d in DIRECTIONS for _ in range(b)]
-    stops = [model.stop_token(d) for d in DIRECTIONS for _ in range(b)]
-    results = decoding.search(model.step, state, _reorder, batch_size=2 * b, sos_id=starts, eos_id=stops,
-                              options=options, device=memory.device, suppress_sos=True)
-    r2l = [[replace(h, tokens=h.tokens[::-1]) for h in hyps] for hyps in results[b:]]
-    return {"l2r": results[:b], "r2l": r2l}
+    state = model.init_state(memory, memory_mask, directions[0])
+    if len(directions) > 1:
+        rows = torch.arange(b, device=memory.device).repeat(len(directions))  # the image of each input
+        state = replace(state.index_select(rows), direction="both")
+    starts = [model.start_token(d) for d in directions for _ in range(b)]
+    stops = [model.stop_token(d) for d in directions for _ in range(b)]
+    results = decoding.search(model.step, state, _reorder, batch_size=len(directions) * b, sos_id=starts,
+                              eos_id=stops, options=options, device=memory.device, suppress_sos=True)
+    found = {}
+    for k, direction in enumerate(directions):
+        part = results[k * b:(k + 1) * b]
+        if direction == "r2l":  # back into natural order
+            part = [[replace(h, tokens=h.tokens[::-1]) for h in hyps] for hyps in part]
+        found[direction] = part
+    return found
 
 
 def _chunks(lengths: list[int], cells: int, budget: int) -> list[list[int]]:
