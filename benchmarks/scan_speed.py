@@ -51,19 +51,26 @@ def _peak_mib(run) -> float:
     return peak.mib
 
 
-def _worker(backend: str, length: int, repeats: int) -> dict:
-    """Measure one backend at one length (runs inside a subprocess). repeats == 0: peak memory only."""
+def _inputs(length: int):
+    """The Mamba block's arguments (u, delta, A, B, C, D, z, delta_bias), requiring grad, and the gradient of
+    the output; seeded, so every backend and every process gets the same ones."""
     import torch
-
-    import kernels
 
     torch.manual_seed(0)
     b, d, n = SHAPE["batch"], SHAPE["dim"], SHAPE["dstate"]
     leaves = [torch.randn(b, d, length), torch.randn(b, d, length) - 2.0, -torch.rand(d, n) - 0.5,
               torch.randn(b, n, length), torch.randn(b, n, length), torch.ones(d),
               torch.randn(b, d, length), torch.rand(d)]
-    leaves = [t.requires_grad_() for t in leaves]
-    grad = torch.randn(b, d, length)
+    return [t.requires_grad_() for t in leaves], torch.randn(b, d, length)
+
+
+def _worker(backend: str, length: int, repeats: int) -> dict:
+    """Measure one backend at one length (runs inside a subprocess). repeats == 0: peak memory only."""
+    import torch
+
+    import kernels
+
+    leaves, grad = _inputs(length)
 
     def forward():
         return kernels.selective_scan(*leaves, delta_softplus=True, backend=backend)
@@ -94,17 +101,9 @@ def _worker(backend: str, length: int, repeats: int) -> dict:
 
 def _paired(length: int, pairs: int) -> dict:
     """Interleaved reference and fused forward+backward in one process (runs inside a subprocess)."""
-    import torch
-
     import kernels
 
-    torch.manual_seed(0)
-    b, d, n = SHAPE["batch"], SHAPE["dim"], SHAPE["dstate"]
-    leaves = [torch.randn(b, d, length), torch.randn(b, d, length) - 2.0, -torch.rand(d, n) - 0.5,
-              torch.randn(b, n, length), torch.randn(b, n, length), torch.ones(d),
-              torch.randn(b, d, length), torch.rand(d)]
-    leaves = [t.requires_grad_() for t in leaves]
-    grad = torch.randn(b, d, length)
+    leaves, grad = _inputs(length)
 
     def timed(backend: str) -> float:
         t0 = time.perf_counter()
