@@ -86,8 +86,10 @@ def _add_synth_text_parser(kinds) -> None:
                       help="tiny: 1 form of about 48 words per writer (unit tests, seconds); dev: 3 forms "
                            "of about 60 words per writer")
     text.add_argument("--form-images", action="store_true", help="also write the pages (formsA-D/ etc.)")
-    text.add_argument("--corpus-version", type=int, choices=(2, 3, 4), default=4,  # data.synth.text.VERSION
-                      help="4: training writers draw 87 more hands (Fontsource fonts: run `recognizers "
+    text.add_argument("--corpus-version", type=int, choices=(2, 3, 4, 5), default=4,  # text.VERSION
+                      help="5: version 4 with twice the training writers (every training face drawn; "
+                           "the extra ones after the test writers, so val and test keep their ids); "
+                           "4: training writers draw 87 more hands (Fontsource fonts: run `recognizers "
                            "synth fonts` first) besides the Debian ones, each glyph varied and some letters "
                            "borrowed from a second face; 3: the same on the Debian hands only; 2: plain "
                            "Debian faces (the corpus of the shipped base's first 10,000 steps); val and test "

@@ -312,6 +312,34 @@ def test_plan_depends_on_the_seed(tmp_path):
     assert [w.split for w in writers] == ["train"] * 9 + ["val"] * 2 + ["test"] * 2
 
 
+def test_version_5_adds_training_writers_after_the_held_out_ones(tmp_path):
+    """Version 5 = version 4 plus a second block of training writers with ids after the test writers:
+    every version-4 writer and form is planned identically (same ids, faces, styles, sentences, seeds),
+    the new writers are training writers with forms and sentences of their own, and more training faces
+    are drawn."""
+    _require_sources()
+    w4, j4 = plan_corpus(tmp_path, TextConfig(100, 3, "dev", version=4))
+    w5, j5 = plan_corpus(tmp_path, TextConfig(100, 3, "dev", version=5))
+    assert w5[:100] == w4
+    assert j5[:len(j4)] == j4
+    extra = w5[100:]
+    assert len(extra) == 70
+    assert {w.split for w in extra} == {"train"}
+    assert [w.id for w in extra] == [f"{i:03d}" for i in range(100, 170)]
+    assert not any(w.sparse for w in extra)
+    assert sum(w.sparse for w in w5) == 1
+    assert len({j.form_id for j in j5}) == len(j5)
+    old = {s for j in j4 for s in j.sentences}
+    new = [s for j in j5[len(j4):] for s in j.sentences]
+    assert new
+    assert len(set(new) & old) < 0.05 * len(new)
+    faces = {v: {w.face.file for w in ws if w.split == "train"} for v, ws in ((4, w4), (5, w5))}
+    assert faces[4] < faces[5]
+    assert len(faces[5]) == len(hands.accepted_faces(extra_hands=True)["train"])  # every training face
+    with pytest.raises(TextConfigError, match="version 5"):
+        TextConfig(900, 0, version=5).counts()
+
+
 def test_form_image_is_the_page_the_crops_come_from(tmp_path):
     _require_sources()
     _, jobs = plan_corpus(tmp_path, TextConfig(13, 7, "tiny", form_images=True))

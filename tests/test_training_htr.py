@@ -163,6 +163,34 @@ def test_datamodule_scale_resizes_images_and_is_the_models_preprocessing(corpus,
     assert json.loads(checkpoint["recognizers"]["preprocess"])["scale"] == 1.0
 
 
+def test_datamodule_takes_a_models_vocabulary_and_leaves_out_what_it_cannot_spell(trained, corpus, tmp_path,
+                                                                                  single_thread):
+    """``vocabulary=MODEL``: the model's characters replace the training labels' (so ``init_from`` can go
+    on training it on a corpus with characters it lacks); training words it cannot spell are left out,
+    validation words are kept (and scored as they are)."""
+    from dataclasses import replace
+
+    from recognizers.checkpoint import CheckpointError, read_bundle, save_bundle
+
+    own = HandwritingDataModule(str(corpus))
+    texts = [s.text for s in own.datasets["train"].samples]
+    rare = min(own.vocab.chars, key=lambda c: sum(c in t for t in texts))
+    narrow = CharVocabulary([c for c in own.vocab.chars if c != rare])
+    bundle = read_bundle(trained.bundle)
+    path = save_bundle(tmp_path / "narrow.safetensors",
+                       replace(bundle, extras={**bundle.extras, "vocab": narrow.to_json()}))
+    dm = HandwritingDataModule(str(corpus), vocabulary=str(path))
+    assert dm.vocab == narrow
+    assert dm.vocab_size == own.vocab_size - 1
+    dm.setup("fit")
+    kept = dm.train_dataloader().dataset.indices
+    assert 0 < len(kept) < len(texts)
+    assert [texts[i] for i in kept] == [t for t in texts if rare not in t]
+    assert len(dm.val_dataloader().dataset) == len(own._items("val"))
+    with pytest.raises(CheckpointError, match="no such model file"):
+        HandwritingDataModule(str(corpus), vocabulary=str(tmp_path / "missing.safetensors"))
+
+
 def test_datamodule_without_split_lists_names_the_folder(tmp_path):
     from data.datasets.iam import CorpusError
 

@@ -47,7 +47,8 @@ from data.handwriting import (
 
 from .math_data import MathBatchSampler
 
-__all__ = ["DEFAULT_SPLITS", "HandwritingDataModule", "collate_handwriting", "default_split_files"]
+__all__ = ["DEFAULT_SPLITS", "HandwritingDataModule", "collate_handwriting", "default_split_files",
+           "model_vocabulary"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,21 @@ class _Items(Dataset):
         return [max(1, box.width) * max(1, box.height) for box in boxes]
 
 
+def model_vocabulary(path: str | Path) -> CharVocabulary:
+    """The character vocabulary stored with a handwriting model (bundle or project checkpoint).
+
+    Raises:
+        CheckpointError: unreadable, not a handwriting model, or without a vocabulary.
+    """
+    from recognizers.checkpoint import CheckpointError, read_bundle
+
+    bundle = read_bundle(path)
+    if bundle.model != "handwriting" or not bundle.extras.get("vocab"):
+        raise CheckpointError(f"{path}: not a handwriting model with a character vocabulary "
+                              f"(model {bundle.model!r})")
+    return CharVocabulary.from_json(bundle.extras["vocab"])
+
+
 class HandwritingDataModule(L.LightningDataModule):
     """IAM-layout corpus → augmented, area-bucketed, background-padded batches of word or line images.
 
@@ -121,17 +137,22 @@ class HandwritingDataModule(L.LightningDataModule):
             32-pixel feature cells, smaller writing leaves too few cells per character.
         num_workers: DataLoader worker processes.
         seed: seed of the batch order, the validation subset and the augmentation.
+        vocabulary: a trained handwriting model (``.safetensors`` bundle or project ``.ckpt``) whose
+            character vocabulary replaces the one of the training labels, so that the model (given as
+            the module's ``init_from``) can go on training on a corpus with characters it lacks; training
+            samples with such characters are left out, and their number is logged.
 
     Raises:
         CorpusError: no split lists, or the corpus or lists do not follow the IAM layout (the message
             names the file).
+        CheckpointError: ``vocabulary`` is not a readable handwriting model.
     """
 
     def __init__(self, root: str, level: SampleLevel = "words", split_files: dict[str, str] | None = None,
                  split_kind: SplitKind = "forms", min_words: int = 0, batch_size: int = 8,
                  eval_batch_size: int | None = None, max_area: int = 4_000_000, augment: bool = True,
                  augment_recipe: str = "full", max_val_samples: int = 0, scale: float = SCALE,
-                 num_workers: int = 0, seed: int = 0) -> None:
+                 num_workers: int = 0, seed: int = 0, vocabulary: str | None = None) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
@@ -144,9 +165,18 @@ class HandwritingDataModule(L.LightningDataModule):
         self.preprocess = HandwritingConfig(scale=scale)
         self.corpus: IAMCorpus = read_iam(root)
         self.datasets: dict[str, IAMDataset] = {"train": self._split("train")}
-        self.vocab = CharVocabulary.from_texts(s.text for s in self.datasets["train"].samples)
+        train = self.datasets["train"].samples
+        self._left_out: set[int] = set()  # training samples the vocabulary cannot spell
+        if vocabulary:
+            self.vocab = model_vocabulary(vocabulary)
+            self._left_out = {i for i, sample in enumerate(train) if self.vocab.unknown(sample.text)}
+            missing = sorted({c for i in self._left_out for c in self.vocab.unknown(train[i].text)})
+            log.info("handwriting data: vocabulary of %s; %d training %s left out for characters it "
+                     "lacks (%s)", vocabulary, len(self._left_out), level, "".join(missing) or "none")
+        else:
+            self.vocab = CharVocabulary.from_texts(s.text for s in train)
         log.info("handwriting data: %d training %s, vocabulary of %d classes",
-                 len(self.datasets["train"]), level, len(self.vocab))
+                 len(train) - len(self._left_out), level, len(self.vocab))
 
     @property
     def vocab_size(self) -> int:
@@ -173,6 +203,8 @@ class HandwritingDataModule(L.LightningDataModule):
     def _items(self, which: str) -> _Items:
         hp, dataset = self.hparams, self._dataset(which)
         indices = range(len(dataset))
+        if which == "train" and self._left_out:
+            indices = [i for i in indices if i not in self._left_out]
         if which == "val" and 0 < hp.max_val_samples < len(dataset):
             indices = sorted(random.Random(hp.seed).sample(indices, hp.max_val_samples))
         augment = None

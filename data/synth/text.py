@@ -8,7 +8,8 @@ LWITLRT-style line-id lists ``splits/lwitlrt/{trainset,validationset1,validation
 ``writers.json`` (each writer's split, font face and style) and ``synth.json`` (settings, counts,
 faces, the planted quirks).
 
-Writers: ids ``000``, ``001``, ... (train, then val, then test); a writer is a font face plus a
+Writers: ids ``000``, ``001``, ... (train, then val, then test; from version 5 a second block of
+training writers follows the test ones, see ``TextConfig.blocks``); a writer is a font face plus a
 style (:mod:`data.synth.hands`), and the faces of a split are never used by another, so writers and
 hands are disjoint across splits. Each writer fills whole forms (the preset's forms per writer and
 words per form) with sentences from the split's share of :func:`data.synth.sentences.corpus_sentences`
@@ -61,9 +62,10 @@ __all__ = ["MIN_WORDS", "PRESETS", "SPLITS", "VERSION", "VERSIONS", "Preset", "T
 
 # Bump when the output for a given seed changes (2: six more training hands; 3: glyph variation and
 # borrowed letters for the training writers; 4: 87 Fontsource training hands (data.synth.npm_fonts);
-# validation and test images the same since version 2).
-VERSIONS = (2, 3, 4)
-VERSION = VERSIONS[-1]
+# 5: twice the training writers, so that every training face is drawn (version 4's 70 writers leave
+# about 40 of the faces unused); validation and test images the same since version 2).
+VERSIONS = (2, 3, 4, 5)
+VERSION = 4  # the default until a version-5 model is shown to read unseen hands better
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 POOLS = {"train": "train", "val": "dev", "test": "test"}  # sentence pools of data.synth.sentences
@@ -122,7 +124,25 @@ class TextConfig:
             raise TextConfigError(f"--writers must lie in 6..1000 (3-digit ids, 2 per held-out split and "
                                   f"2 in train), got {self.writers}")
         held = max(2, round(HELD_OUT_SHARE * self.writers))
-        return {"train": self.writers - 2 * held, "val": held, "test": held}
+        train = self.writers - 2 * held
+        if self.version >= 5:  # a second block of training writers (see _blocks); ids must stay 3-digit
+            if self.writers + train > 1000:
+                raise TextConfigError(f"corpus version 5 doubles the {train} training writers: "
+                                      f"{self.writers + train} writers, more than 1000")
+            train *= 2
+        return {"train": train, "val": held, "test": held}
+
+    def blocks(self) -> list[tuple[str, int, int]]:
+        """(split, first, end) index ranges of the writers in id order: train, val, test and, from
+        version 5, the second half of the training writers after the test ones, so that the held-out
+        writers keep the ids (and form ids) of versions 2-4 and the first training writers stay those
+        of version 4."""
+        counts = self.counts()
+        if self.version < 5:
+            return [(split, 0, counts[split]) for split in SPLITS]
+        half = counts["train"] // 2
+        return [("train", 0, half), ("val", 0, counts["val"]), ("test", 0, counts["test"]),
+                ("train", half, counts["train"])]
 
 
 @dataclass(frozen=True)
@@ -220,25 +240,27 @@ def plan_corpus(out: str | Path, config: TextConfig) -> tuple[list[Writer], list
         config: size, seed, preset.
 
     Returns:
-        Writers (train, val, test) and their forms, in order.
+        Writers (in id order, ``TextConfig.blocks``) and their forms, in order.
 
     Raises:
         TextConfigError: bad sizes.
         math.MissingFontError: a split has no usable font (names the Debian packages).
         sentences.SourceError: ``fortunes`` or ``wamerican`` is missing.
     """
-    counts, preset = config.counts(), PRESETS[config.preset]
+    preset = PRESETS[config.preset]
     faces, pools = _faces(config.version), corpus_sentences()
     writers: list[Writer] = []
     jobs: list[FormJob] = []
-    for split, code in SPLIT_CODES.items():
+    cursors = {split: [0, 0] for split in SPLITS}  # per split: sentence cursor, regular-form ordinal
+    sparse_index = config.counts()["train"] // (2 if config.version >= 5 else 1) - 1  # version 4's last
+    for split, first, end in config.blocks():
+        code = SPLIT_CODES[split]
         pool = pools[POOLS[split]]
         face_order = np.random.default_rng([config.seed, code, 0]).permutation(len(faces[split]))
         order = np.random.default_rng([config.seed, code, 3]).permutation(len(pool))
-        cursor = ordinal = 0
-        for i in range(counts[split]):
+        for i in range(first, end):
             face, font = faces[split][int(face_order[i % len(face_order)])]
-            sparse = split == "train" and i == counts[split] - 1
+            sparse = split == "train" and i == sparse_index
             glyphs = (None, None)  # version 2: every writer draws the plain face
             if config.version >= 3:
                 glyphs = _glyph_style(faces, split, face, np.random.default_rng([config.seed, code, 4, i]))
@@ -246,11 +268,12 @@ def plan_corpus(out: str | Path, config: TextConfig) -> tuple[list[Writer], list
                             draw_style(np.random.default_rng([config.seed, code, 1, i])), sparse, *glyphs)
             for j in range(1 if sparse else preset.forms_per_writer):
                 target = preset.sparse_words if sparse else preset.words_per_form
-                texts, cursor = _take(pool, order, cursor, target, MIN_WORDS - 8 if sparse else target + 30)
+                texts, cursors[split][0] = _take(pool, order, cursors[split][0], target,
+                                                 MIN_WORDS - 8 if sparse else target + 30)
                 quirks = {"struck": None, "empty_image": None, "err_line": False, "er_word": False}
                 if not sparse:
-                    quirks = _quirks(texts, split, ordinal)
-                    ordinal += 1
+                    quirks = _quirks(texts, split, cursors[split][1])
+                    cursors[split][1] += 1
                 jobs.append(FormJob(_form_id(len(writers), j), writer.id, font, writer.style, tuple(texts),
                                     seed=(config.seed, code, 2, i, j), root=str(out),
                                     form_image=config.form_images, glyphs=writer.glyphs, donor=writer.donor,
