@@ -128,5 +128,10 @@ def test_the_command_defaults_to_the_current_corpus_version():
     from data.synth.text import VERSION, VERSIONS
     from recognizers.cli import build_parser
 
-    args = build_parser().parse_args(["synth", "text", "--out", "x", "--seed", "0"])
-    assert args.corpus_version == VERSION == max(VERSIONS)
+    parser = build_parser()
+    base = ["synth", "text", "--out", "x", "--seed", "0"]
+    assert parser.parse_args(base).corpus_version == VERSION
+    for version in VERSIONS:  # every corpus version is offered, and only those
+        assert parser.parse_args([*base, "--corpus-version", str(version)]).corpus_version == version
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--corpus-version", str(max(VERSIONS) + 1)])

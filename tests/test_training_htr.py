@@ -170,6 +170,7 @@ def test_datamodule_takes_a_models_vocabulary_and_leaves_out_what_it_cannot_spel
     validation words are kept (and scored as they are)."""
     from dataclasses import replace
 
+    from data.datasets.iam import CorpusError
     from recognizers.checkpoint import CheckpointError, read_bundle, save_bundle
 
     own = HandwritingDataModule(str(corpus))
@@ -189,6 +190,10 @@ def test_datamodule_takes_a_models_vocabulary_and_leaves_out_what_it_cannot_spel
     assert len(dm.val_dataloader().dataset) == len(own._items("val"))
     with pytest.raises(CheckpointError, match="no such model file"):
         HandwritingDataModule(str(corpus), vocabulary=str(tmp_path / "missing.safetensors"))
+    empty = save_bundle(tmp_path / "empty.safetensors",
+                        replace(bundle, extras={**bundle.extras, "vocab": CharVocabulary(["~"]).to_json()}))
+    with pytest.raises(CorpusError, match="spells none"):
+        HandwritingDataModule(str(corpus), vocabulary=str(empty))
 
 
 def test_datamodule_without_split_lists_names_the_folder(tmp_path):

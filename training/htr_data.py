@@ -170,6 +170,9 @@ class HandwritingDataModule(L.LightningDataModule):
         if vocabulary:
             self.vocab = model_vocabulary(vocabulary)
             self._left_out = {i for i, sample in enumerate(train) if self.vocab.unknown(sample.text)}
+            if len(self._left_out) == len(train):
+                raise CorpusError(f"{root}: the vocabulary of {vocabulary} spells none of the training "
+                                  f"{level} (it has {len(self.vocab.chars)} characters)")
             missing = sorted({c for i in self._left_out for c in self.vocab.unknown(train[i].text)})
             log.info("handwriting data: vocabulary of %s; %d training %s left out for characters it "
                      "lacks (%s)", vocabulary, len(self._left_out), level, "".join(missing) or "none")

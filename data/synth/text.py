@@ -128,7 +128,7 @@ class TextConfig:
                                   f"2 in train), got {self.writers}")
         held = max(2, round(HELD_OUT_SHARE * self.writers))
         train = self.writers - 2 * held
-        if self.version >= 5:  # a second block of training writers (see _blocks); ids must stay 3-digit
+        if self.version >= 5:  # a second block of training writers (see blocks); ids must stay 3-digit
             if self.writers + train > 1000:
                 raise TextConfigError(f"corpus version 5 doubles the {train} training writers: "
                                       f"{self.writers + train} writers, more than 1000")
