@@ -255,8 +255,9 @@ def plan_corpus(out: str | Path, config: TextConfig) -> tuple[list[Writer], list
     writers: list[Writer] = []
     jobs: list[FormJob] = []
     cursors = {split: [0, 0] for split in SPLITS}  # per split: sentence cursor, regular-form ordinal
-    sparse_index = config.counts()["train"] // (2 if config.version >= 5 else 1) - 1  # version 4's last
-    for split, first, end in config.blocks():
+    blocks = config.blocks()
+    sparse_index = blocks[0][2] - 1  # the last writer of the first training block, as in version 4
+    for split, first, end in blocks:
         code = SPLIT_CODES[split]
         pool = pools[POOLS[split]]
         face_order = np.random.default_rng([config.seed, code, 0]).permutation(len(faces[split]))

@@ -272,7 +272,7 @@ def _retire(a: int, beams: _Beams, pools: list, options: DecodingOptions, with_c
 def _advance(log_probs: Tensor, beams: _Beams, ctc: CTCPrefixScorer | None, ctc_state: CTCState | None,
              pools: list, caps: list[int], options: DecodingOptions, eos: Tensor) -> tuple[_Beams, Tensor]:
     """One search step: extend, finish, prune, retire capped inputs and drop inputs that are done
-    (``eos`` `(B,)`: each input's end token).
+    (``eos`` `(A,)`: the end token of each input still searching, in ``beams.inputs`` order).
 
     Returns:
         The running hypotheses of the inputs still searching, and `(A'·K,)` the row of the previous
@@ -282,10 +282,9 @@ def _advance(log_probs: Tensor, beams: _Beams, ctc: CTCPrefixScorer | None, ctc_
     cand = _candidates(log_probs, beams, ctc, ctc_state, options)
     penalty = options.diversity_penalty if num_groups > 1 else 0.0
     counts = log_probs.new_zeros(num_inputs, log_probs.shape[1]) if penalty else None
-    live_eos = eos[torch.tensor(beams.inputs, dtype=torch.long, device=eos.device)]  # (A,)
     keep = []
     for group in range(num_groups):
-        choice = _select_group(cand.joint[:, group], cand.ids[:, group], size, live_eos, counts, penalty)
+        choice = _select_group(cand.joint[:, group], cand.ids[:, group], size, eos, counts, penalty)
         _finish(choice, group, cand, beams, pools, options, ctc is not None)
         keep.append(choice.keep)
     keep = torch.stack(keep, dim=1)  # (A, G, Kg) flat positions k·C + c
@@ -381,12 +380,10 @@ def beam_search(step: StepFn, state: Any, reorder: ReorderFn, *, batch_size: int
     last = sos.repeat_interleave(options.beam_size)  # (B·K,)
     while beams.inputs:  # every input is done by its cap at the latest
         scores, state = step(last, state)
-        row_sos = None
-        if suppress_sos:
-            inputs = torch.tensor(beams.inputs, dtype=torch.long, device=dev)
-            row_sos = sos[inputs].repeat_interleave(options.beam_size)  # (A·K,)
+        live = torch.tensor(beams.inputs, dtype=torch.long, device=dev)  # (A,) the inputs still searching
+        row_sos = sos[live].repeat_interleave(options.beam_size) if suppress_sos else None  # (A·K,)
         log_probs = _log_probs(scores, options.temperature, filters, beams.history, row_sos)
-        beams, index = _advance(log_probs, beams, ctc, ctc_state, pools, caps, options, eos)
+        beams, index = _advance(log_probs, beams, ctc, ctc_state, pools, caps, options, eos[live])
         if not beams.inputs:
             break
         state, last = reorder(state, index), beams.history[:, -1]
