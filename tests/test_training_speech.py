@@ -82,6 +82,24 @@ def test_joint_loss_is_the_weighted_sum_of_ctc_and_ce():
     assert torch.equal(total, ce)
 
 
+def test_ctc_texts_collapse_repeats_and_blanks_within_each_length():
+    """Greedy CTC of validation: best path per frame, repeats merged, blanks dropped, frames past an
+    input's length ignored; the ids go through the tokenizer."""
+
+    class Spelled:
+        def decode(self, ids):
+            return " ".join(str(i) for i in ids)
+
+    module = SambaASRModule(vocab_size=20, size="tiny")
+    module.tokenizer = Spelled()
+    blank = module.model.cfg.blank_id
+    frames = [[5, 5, blank, 5, 7, 7, 9], [8, blank, blank, 8, 8, 3, 3]]
+    scores = torch.nn.functional.one_hot(torch.tensor(frames), 20).float()  # (2, 7, 20)
+    module.model.ctc_log_probs = lambda encoded: scores
+    texts = module.ctc_texts(torch.zeros(2, 7, 4), torch.tensor([7, 4]))
+    assert texts == ["5 5 7 9", "8 8"]
+
+
 def test_fit_saves_a_checkpoint_that_exports_and_loads(speech_corpus, tmp_path):
     """`recognizers fit` on the tiny config (in-process), then export and recognizers.load."""
     import recognizers
@@ -102,8 +120,9 @@ def test_fit_saves_a_checkpoint_that_exports_and_loads(speech_corpus, tmp_path):
 
 
 def test_validation_reports_corpus_error_rates(speech_corpus):
-    """val_wer/val_cer are the corpus-level rates of greedy decoding: an untrained model scores above 0
-    and a perfect hypothesis list scores 0 (the counts must survive the cross-process reduction)."""
+    """val_wer/val_cer are the corpus-level rates of greedy attention decoding, val_ctc_wer/val_ctc_cer
+    those of greedy CTC: an untrained model scores above 0 on both, and each branch's errors land in
+    its own counts (they must survive the cross-process reduction)."""
     import lightning as L
 
     from training.speech_data import SpeechDataModule
@@ -117,8 +136,12 @@ def test_validation_reports_corpus_error_rates(speech_corpus):
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     assert metrics["val_wer"] > 0.5
     assert metrics["val_cer"] > 0.2
+    assert metrics["val_ctc_wer"] > 0.5
+    assert metrics["val_ctc_cer"] > 0.2
+    assert module._counts.tolist() == [0.0] * 8  # reset for the next validation
     module._count_errors(["A B C", "D E"], ["A B X", "D E"])  # one substitution: WER 1/5, CER 1/8
-    assert module._counts.tolist() == [1.0, 5.0, 1.0, 8.0]
+    module._count_errors(["A B C"], ["A"], branch=1)  # two deletions: WER 2/3, CER 4/5
+    assert module._counts.tolist() == [1.0, 5.0, 1.0, 8.0, 2.0, 3.0, 4.0, 5.0]
 
 
 def test_fit_resumes_from_a_checkpoint(speech_corpus, tmp_path):
@@ -174,7 +197,8 @@ def test_tiny_model_overfits_a_few_utterances_to_zero_wer(speech_corpus):
         opt.step()
         if step % 50 == 49:
             module.eval()
-            hyps = module.greedy_texts(batch["feats"], batch["lengths"])
+            encoding = module.model.encode(batch["feats"], batch["lengths"])
+            hyps = module.greedy_texts(*encoding)
             module.train()
             refs = [normalize_transcript(t) for t in batch["texts"]]
             if wer(refs, [normalize_transcript(h) for h in hyps]).rate == 0:

@@ -59,7 +59,8 @@ class SambaASRModule(L.LightningModule):
         self.spec_augment = SpecAugment(**(spec_augment or {}))
         self.optimizer_factory = optimizer
         self.tokenizer: SentencePieceTokenizer | None = None
-        self._counts = torch.zeros(4, dtype=torch.float64)  # word errors, words, char errors, chars
+        # word errors, words, char errors, chars: of greedy attention decoding, then of greedy CTC
+        self._counts = torch.zeros(8, dtype=torch.float64)
 
     # ----- data-derived state ------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -79,11 +80,15 @@ class SambaASRModule(L.LightningModule):
             self.tokenizer = SentencePieceTokenizer.from_base64(saved)
 
     # ----- steps -------------------------------------------------------------------------------
-    def _losses(self, batch: dict, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(total, attention CE, CTC or None), each summed per utterance and averaged over the batch."""
+    def _losses(self, batch: dict, augment: bool,
+                encoding: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(total, attention CE, CTC or None), each summed per utterance and averaged over the batch.
+
+        ``encoding``: the batch's ``(encoded (B, T', d), enc_lengths (B,))`` if already computed."""
         model, bsz = self.model, batch["feats"].shape[0]
-        encoded, enc_lengths = model.encode(batch["feats"], batch["lengths"],
-                                            self.spec_augment if augment else None)
+        encoded, enc_lengths = encoding or model.encode(batch["feats"], batch["lengths"],
+                                                        self.spec_augment if augment else None)
         logits = model.decode(batch["tokens_in"], batch["token_lengths"], encoded, enc_lengths)
         ce = F.cross_entropy(logits.float().transpose(1, 2), batch["tokens_out"], ignore_index=0,
                              label_smoothing=self.hparams.label_smoothing, reduction="sum") / bsz
@@ -103,29 +108,38 @@ class SambaASRModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss, _, _ = self._losses(batch, augment=False)
+        # one encoder pass serves the loss, greedy attention decoding and greedy CTC decoding
+        encoding = self.model.encode(batch["feats"], batch["lengths"])
+        loss, _, _ = self._losses(batch, augment=False, encoding=encoding)
         self.log("val_loss", loss, batch_size=batch["feats"].shape[0], sync_dist=True)
-        self._count_errors(batch["texts"], self.greedy_texts(batch["feats"], batch["lengths"]))
+        self._count_errors(batch["texts"], self.greedy_texts(*encoding))
+        if self.model.ctc_head is not None:
+            self._count_errors(batch["texts"], self.ctc_texts(*encoding), branch=1)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
-    def _count_errors(self, refs: list[str], hyps: list[str]) -> None:
+    def _count_errors(self, refs: list[str], hyps: list[str], branch: int = 0) -> None:
+        """Add word and character errors of ``hyps`` to the counts of ``branch`` (0 attention, 1 CTC)."""
         for ref, hyp in zip(refs, hyps, strict=True):
             r, h = normalize_transcript(ref), normalize_transcript(hyp)
             words, chars = error_counts(r, h, "word"), error_counts(r, h, "char")
-            self._counts = self._counts + torch.tensor(  # not in place: may be an inference-mode tensor
-                [words.errors, words.ref_units, chars.errors, chars.ref_units], dtype=torch.float64)
+            row = torch.tensor([words.errors, words.ref_units, chars.errors, chars.ref_units],
+                               dtype=torch.float64)
+            self._counts = self._counts + F.pad(row, (4 * branch, 4 - 4 * branch))  # not in place:
+            # may be an inference-mode tensor
 
     def _log_error_rates(self, prefix: str) -> None:
         # a copy: on one device reduce() hands back the very tensor, which is reset below
         counts = self.trainer.strategy.reduce(self._counts.clone().to(self.device), reduce_op="sum").cpu()
         self._counts = torch.zeros_like(self._counts)
-        wer = float(counts[0] / counts[1].clamp(min=1))
         # every rank holds the same reduced counts and logs them, so callbacks that monitor val_wer
         # (checkpointing) find it on every rank under DDP
-        self.log(f"{prefix}_wer", wer, prog_bar=True)
+        self.log(f"{prefix}_wer", float(counts[0] / counts[1].clamp(min=1)), prog_bar=True)
         self.log(f"{prefix}_cer", float(counts[2] / counts[3].clamp(min=1)))
+        if counts[5] > 0:  # greedy CTC, the encoder's own reading (a model with a CTC head)
+            self.log(f"{prefix}_ctc_wer", float(counts[4] / counts[5]))
+            self.log(f"{prefix}_ctc_cer", float(counts[6] / counts[7].clamp(min=1)))
 
     def on_validation_epoch_end(self) -> None:
         self._log_error_rates("val")
@@ -134,21 +148,33 @@ class SambaASRModule(L.LightningModule):
         self._log_error_rates("test")
 
     @torch.no_grad()
-    def greedy_texts(self, feats: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """Greedy attention decoding of a batch (validation only; users get beam search)."""
+    def greedy_texts(self, encoded: torch.Tensor, enc_lengths: torch.Tensor) -> list[str]:
+        """Greedy attention decoding of an encoded batch (validation only; users get beam search).
+
+        Args: ``encoded`` (B, T', d) and ``enc_lengths`` (B,) from ``model.encode``."""
         from recognizers.decoding import DecodingOptions, greedy_search
 
         model = self.model
-        encoded, enc_lengths = model.encode(feats, lengths)
         options = DecodingOptions(max_length=self.hparams.val_max_tokens,
                                   suppress_tokens=(model.cfg.blank_id, model.cfg.sos_id))
         hyps = greedy_search(model.step, model.init_state(encoded, enc_lengths),
-                             lambda state, index: state.index_select(index), batch_size=feats.shape[0],
+                             lambda state, index: state.index_select(index), batch_size=encoded.shape[0],
                              sos_id=model.cfg.sos_id, eos_id=model.cfg.eos_id, options=options,
-                             lengths=enc_lengths, device=feats.device)
+                             lengths=enc_lengths, device=encoded.device)
+        return self._texts([list(h[0].tokens) for h in hyps])
+
+    @torch.no_grad()
+    def ctc_texts(self, encoded: torch.Tensor, enc_lengths: torch.Tensor) -> list[str]:
+        """Best-path CTC decoding of an encoded batch ((B, T', d), (B,)): what the encoder alone reads."""
+        from recognizers.decoding.ctc import ctc_greedy
+
+        log_probs = self.model.ctc_log_probs(encoded)  # (B, T', V)
+        return self._texts(ctc_greedy(log_probs, enc_lengths, blank=self.model.cfg.blank_id))
+
+    def _texts(self, token_lists: list[list[int]]) -> list[str]:
         if self.tokenizer is None:
             raise RuntimeError("no tokenizer: train through the SpeechDataModule or load a checkpoint")
-        return [self.tokenizer.decode(list(h[0].tokens)) for h in hyps]
+        return [self.tokenizer.decode(tokens) for tokens in token_lists]
 
     # ----- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
