@@ -157,6 +157,52 @@ def test_fit_resumes_from_a_checkpoint(speech_corpus, tmp_path):
     assert 4 in steps.values(), steps
 
 
+def test_fit_starts_from_a_trained_model_with_its_tokenizer(speech_corpus, tiny_asr, tmp_path):
+    """init_from + tokenizer_from: the run starts from the model file's weights, feature statistics
+    and tokenizer (not the ones this corpus would give), and says so when they do not fit together."""
+    import lightning as L
+
+    from recognizers.checkpoint import Bundle, CheckpointError, read_bundle, save_bundle
+    from recognizers.cli import main
+    from training.speech_data import SpeechDataModule, model_tokenizer
+
+    bundle = read_bundle(tiny_asr.path)
+    start = dict(bundle.state_dict)
+    start["cmvn.mean"] = torch.full_like(start["cmvn.mean"], 0.5)  # statistics no corpus would give
+    model_file = save_bundle(tmp_path / "start.safetensors",
+                             Bundle(bundle.model, bundle.config, bundle.extras, start))
+    dirs = {"train_dir": str(speech_corpus / "train"), "val_dir": str(speech_corpus / "dev"),
+            "cmvn_utterances": 4}
+    dm = SpeechDataModule(**dirs, tokenizer_from=str(model_file))
+    assert dm.tokenizer.to_bytes() == tiny_asr.tokenizer.to_bytes()
+    module = SambaASRModule(vocab_size=dm.vocab_size, size="tiny", init_from=str(model_file))
+    assert all(torch.equal(module.model.state_dict()[k], v) for k, v in start.items())
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, max_steps=1, limit_val_batches=1,
+                        enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    assert torch.equal(module.model.cmvn.mean, start["cmvn.mean"])  # not the corpus's statistics
+
+    own = SpeechDataModule(**dirs, vocab_size=dm.vocab_size, tokenizer_type="bpe")  # pieces of its own
+    with pytest.raises(ValueError, match="tokenizer_from"):
+        L.Trainer(accelerator="cpu", logger=False, max_steps=1).fit(
+            SambaASRModule(vocab_size=own.vocab_size, size="tiny", init_from=str(model_file)), datamodule=own)
+    with pytest.raises(ValueError, match="config differs"):
+        SambaASRModule(vocab_size=dm.vocab_size, size="tiny", model_overrides={"d_model": 48},
+                       init_from=str(model_file))
+    with pytest.raises(CheckpointError, match="no such model file"):
+        model_tokenizer(str(tmp_path / "missing.safetensors"))
+
+    # the same through the command line, as the README gives it
+    args = _fit_args(speech_corpus, tmp_path / "run", "--trainer.max_steps", "2",
+                     "--model.init_args.init_from", str(model_file),
+                     "--data.init_args.tokenizer_from", str(model_file))
+    assert main(args) == 0
+    saved = torch.load(_checkpoint(tmp_path / "run"), weights_only=True)
+    assert saved["global_step"] == 2
+    assert torch.equal(saved["state_dict"]["model.cmvn.mean"], start["cmvn.mean"])
+
+
 @pytest.mark.slow
 def test_fit_under_ddp_with_two_cpu_processes(speech_corpus, tmp_path):
     """The recipe's DDP path: `recognizers fit` with 2 CPU processes (gloo) runs and checkpoints."""

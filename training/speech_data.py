@@ -21,7 +21,7 @@ from data.audio import GlobalCMVN, load_audio, log_mel
 from data.datasets.librispeech import CorpusError, Utterance, bucket_batches, scan_librispeech
 from data.tokenizer import SentencePieceTokenizer
 
-__all__ = ["BucketBatchSampler", "SpeechBatch", "SpeechDataModule", "collate_speech"]
+__all__ = ["BucketBatchSampler", "SpeechBatch", "SpeechDataModule", "collate_speech", "model_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +111,24 @@ class SpeechDataModule(L.LightningDataModule):
         cmvn_utterances: training utterances sampled for the CMVN statistics.
         num_workers: DataLoader worker processes.
         seed: seed of the batch order and of every sample.
+        tokenizer_from: a trained Samba-ASR model (``.safetensors`` bundle or project ``.ckpt``) whose
+            tokenizer encodes the transcripts instead of one trained here: to go on training it (the
+            module's ``init_from``) or fine-tune it on other speech. ``vocab_size`` and
+            ``tokenizer_type`` are then ignored (the model's tokenizer fixes both).
     """
 
     def __init__(self, train_dir: str, val_dir: str, test_dir: str | None = None, vocab_size: int = 256,
                  tokenizer_type: str = "unigram", max_batch_seconds: float = 200.0,
                  val_batch_seconds: float = 200.0, max_val_utterances: int = 0, cmvn_utterances: int = 500,
-                 num_workers: int = 0, seed: int = 0) -> None:
+                 num_workers: int = 0, seed: int = 0, tokenizer_from: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.train_utts = [u for root in train_dir.split(":") for u in scan_librispeech(root)]
-        self.tokenizer = SentencePieceTokenizer.train([u.transcript for u in self.train_utts], vocab_size,
-                                                      model_type=tokenizer_type)
+        if tokenizer_from:
+            self.tokenizer = model_tokenizer(tokenizer_from)
+        else:
+            self.tokenizer = SentencePieceTokenizer.train([u.transcript for u in self.train_utts],
+                                                          vocab_size, model_type=tokenizer_type)
         self.cmvn: GlobalCMVN | None = None
 
     @property
@@ -167,3 +174,21 @@ class SpeechDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
+
+def model_tokenizer(path: str) -> SentencePieceTokenizer:
+    """The tokenizer stored in a Samba-ASR model file (``.safetensors`` bundle or project ``.ckpt``).
+
+    Raises:
+        recognizers.checkpoint.CheckpointError: unreadable, not a Samba-ASR model, or no tokenizer in it.
+    """
+    from recognizers.checkpoint import CheckpointError, read_bundle
+
+    bundle = read_bundle(path)
+    if bundle.model != "samba-asr":
+        raise CheckpointError(f"{path}: a {bundle.model!r} model, not a Samba-ASR one")
+    if not bundle.extras.get("tokenizer"):
+        raise CheckpointError(f"{path}: a Samba-ASR model file without its tokenizer")
+    try:
+        return SentencePieceTokenizer.from_base64(bundle.extras["tokenizer"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its tokenizer is unusable: {exc}") from exc

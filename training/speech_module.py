@@ -40,12 +40,16 @@ class SambaASRModule(L.LightningModule):
         warmup_steps: linear warm-up of the learning rate.
         schedule: ``noam`` or ``cosine`` after the warm-up.
         val_max_tokens: cap of greedy decoding in validation.
+        init_from: start from a trained Samba-ASR (``.safetensors`` bundle or project ``.ckpt``): its
+            weights, feature normalisation and tokenizer (give the DataModule the same file as
+            ``tokenizer_from``); its config must be this run's. Unlike ``--ckpt_path`` it starts a new
+            run: fresh optimiser, schedule and step count (fine-tuning, or continuing from a bundle).
     """
 
     def __init__(self, vocab_size: int = 256, size: str = "cpu", model_overrides: dict | None = None,
                  ctc_weight: float = 0.3, label_smoothing: float = 0.1, spec_augment: dict | None = None,
                  optimizer: OptimizerCallable = torch.optim.AdamW, warmup_steps: int = 1000,
-                 schedule: str = "noam", val_max_tokens: int = 200) -> None:
+                 schedule: str = "noam", val_max_tokens: int = 200, init_from: str | None = None) -> None:
         super().__init__()
         if schedule not in ("noam", "cosine"):
             raise ValueError(f"schedule must be 'noam' or 'cosine', got {schedule!r}")
@@ -59,15 +63,39 @@ class SambaASRModule(L.LightningModule):
         self.spec_augment = SpecAugment(**(spec_augment or {}))
         self.optimizer_factory = optimizer
         self.tokenizer: SentencePieceTokenizer | None = None
+        if init_from:
+            self._init_from(init_from)
         # word errors, words, char errors, chars: of greedy attention decoding, then of greedy CTC
         self._counts = torch.zeros(8, dtype=torch.float64)
 
     # ----- data-derived state ------------------------------------------------------------------
+    def _init_from(self, path: str) -> None:
+        from recognizers.checkpoint import read_bundle
+        from recognizers.samba_asr.recognizer import SambaASRRecognizer
+
+        start = SambaASRRecognizer.from_bundle(read_bundle(path))
+        if start.model.cfg != self.model.cfg:
+            raise ValueError(f"{path}: its model config differs from this run's (size, layers, vocab_size "
+                             f"{start.model.cfg.vocab_size} vs {self.model.cfg.vocab_size}; pass the same "
+                             f"file as the DataModule's tokenizer_from): {start.model.cfg} vs "
+                             f"{self.model.cfg}")
+        self.model.load_state_dict(start.model.state_dict())  # CMVN statistics included
+        self.tokenizer = start.tokenizer
+
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and getattr(dm, "tokenizer", None) is not None and self.tokenizer is None:
-            self.tokenizer = dm.tokenizer
-        if stage == "fit" and dm is not None and getattr(dm, "cmvn", None) is not None:
+        if dm is None:
+            return
+        tokenizer = getattr(dm, "tokenizer", None)
+        if self.hparams.get("init_from"):
+            # the model keeps the features and pieces it was trained with
+            if tokenizer is not None and tokenizer.to_bytes() != self.tokenizer.to_bytes():
+                raise ValueError(f"the DataModule's tokenizer is not the one of {self.hparams.init_from}: "
+                                 f"give the DataModule tokenizer_from={self.hparams.init_from}")
+            return
+        if tokenizer is not None and self.tokenizer is None:
+            self.tokenizer = tokenizer
+        if stage == "fit" and getattr(dm, "cmvn", None) is not None:
             self.model.cmvn.load_state_dict(dm.cmvn.state_dict())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
