@@ -154,8 +154,8 @@ class SambaASRModule(L.LightningModule):
             words, chars = error_counts(r, h, "word"), error_counts(r, h, "char")
             row = torch.tensor([words.errors, words.ref_units, chars.errors, chars.ref_units],
                                dtype=torch.float64)
-            self._counts = self._counts + F.pad(row, (4 * branch, 4 - 4 * branch))  # not in place:
-            # may be an inference-mode tensor
+            # not in place: the counts may be an inference-mode tensor
+            self._counts = self._counts + F.pad(row, (4 * branch, 4 - 4 * branch))
 
     def _log_error_rates(self, prefix: str) -> None:
         # a copy: on one device reduce() hands back the very tensor, which is reset below
