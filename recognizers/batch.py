@@ -178,6 +178,9 @@ def run_transcribe(args: Any, load_recognizer: Any) -> int:
     names = ("beam_size", "nbest", "num_groups", "diversity_penalty")
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     options.update(_profile_option(args))
+    if getattr(args, "ctc_weight", None) is not None:
+        _speech_only(args, "--ctc-weight")
+        options["ctc_weight"] = args.ctc_weight
     if getattr(args, "lines", False):
         _text_only(args, "--lines")
         options["lines"] = True
@@ -189,6 +192,9 @@ def run_transcribe(args: Any, load_recognizer: Any) -> int:
             # a --model file decides the task; an explicit --task must agree with it
             if args.model and args.task not in ("auto", loaded[task].task):
                 raise UsageError(f"--task {args.task}, but {args.model} is a {loaded[task].task} model")
+            if "ctc_weight" in options and loaded[task].task != "speech":
+                raise UsageError(f"--ctc-weight is for speech, but {args.model or task} is a "
+                                 f"{loaded[task].task} model")
             if "lines" in options and loaded[task].task != "text":
                 raise UsageError(f"--lines is for handwriting, but {args.model or task} is a "
                                  f"{loaded[task].task} model")
@@ -226,6 +232,12 @@ def _profile_option(args: Any) -> dict:
     from .handwriting.profile import WriterProfile
 
     return {"writer_profile": WriterProfile.load(path)}
+
+
+def _speech_only(args: Any, flag: str) -> None:
+    """A speech-only option needs ``--task speech`` or a ``--model`` (checked to be one on loading)."""
+    if args.task not in ("speech", "auto") or (args.task == "auto" and not args.model):
+        raise UsageError(f"{flag} is for speech: pass --task speech (or a speech --model)")
 
 
 def _text_only(args: Any, flag: str) -> None:
@@ -286,6 +298,8 @@ def run_evaluate(args: Any, load_recognizer: Any) -> dict:
     Timing covers features, model and search (``recognize``), not model loading or file decoding;
     speech reports rtf = seconds / audio seconds, math seconds per image.
     """
+    if getattr(args, "ctc_weight", None) is not None and args.task != "speech":
+        raise UsageError(f"--ctc-weight is for speech, not --task {args.task}")
     if args.task == "math":
         return _evaluate_math(args, load_recognizer)
     if args.task == "text":
@@ -305,7 +319,8 @@ def _evaluate_speech(args: Any, load_recognizer: Any) -> dict:
     utts = scan_librispeech(args.data)
     utts = [utts[i] for i in spread_indices(len(utts), args.limit)]
     rec = load_recognizer(args.model or "speech", args.device)
-    options = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
+    given = {"beam_size": args.beam_size, "ctc_weight": getattr(args, "ctc_weight", None)}
+    options = {k: v for k, v in given.items() if v is not None}
     refs, hyps, seconds, audio = [], [], 0.0, 0.0
     rec.recognize([rec.load_input(utts[0].path)], **options)  # warm-up: kernels built, caches filled
     for chunk in _batches(utts, args.batch_size):
@@ -318,7 +333,15 @@ def _evaluate_speech(args: Any, load_recognizer: Any) -> dict:
     return {"task": "speech", "model": str(args.model or rec.name), "n": len(utts),
             "metrics": {"wer": wer(refs, hyps).rate, "cer": cer(refs, hyps).rate},
             "seconds": round(seconds, 3), "rtf": round(seconds / max(audio, 1e-9), 4),
-            "audio_seconds": round(audio, 1), "beam_size": options.get("beam_size", 4)}
+            "audio_seconds": round(audio, 1),
+            **{k: options.get(k, _default_option(rec, k)) for k in given}}
+
+
+def _default_option(rec: Recognizer, name: str) -> Any:
+    """The default of a ``recognize`` keyword: what a run without the option used."""
+    import inspect
+
+    return inspect.signature(rec.recognize).parameters[name].default
 
 
 def _reference_tokens(tokens: tuple[str, ...]) -> list[str]:
@@ -357,4 +380,4 @@ def _evaluate_math(args: Any, load_recognizer: Any) -> dict:
     return {"task": "math", "model": str(args.model or rec.name), "n": count,
             "metrics": {"exprate": rates.exprate, "le1": rates.le1, "le2": rates.le2, "le3": rates.le3},
             "seconds": round(seconds, 3), "seconds_per_image": round(seconds / count, 4),
-            "beam_size": options.get("beam_size", 10)}
+            "beam_size": options.get("beam_size", _default_option(rec, "beam_size"))}

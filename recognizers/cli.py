@@ -44,6 +44,17 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive, default=16, help="inputs per forward pass")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--beam-size", type=_positive, default=None, help="beam width (1 = greedy)")
+    p.add_argument("--ctc-weight", type=_unit_weight, default=None,
+                   help="speech: weight λ of the CTC score in the joint CTC/attention beam search, in [0, 1) "
+                        "(default 0.3; 0 = the decoder alone)")
+
+
+def _unit_weight(text: str) -> float:
+    """argparse type: a float in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
 
 
 def _add_transcribe_parser(subparsers) -> None:

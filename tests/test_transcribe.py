@@ -386,6 +386,33 @@ def test_diverse_nbest(cli, audio_tree):
     assert "--num-groups" in err
 
 
+def test_ctc_weight_steers_the_speech_search(cli, audio_tree, monkeypatch, capsys, tmp_path):
+    """--ctc-weight reaches the joint CTC/attention search (the scores change with it); outside [0, 1)
+    or for a task other than speech it is a usage error."""
+    seen = []
+    original = SambaASRRecognizer.recognize
+
+    def spy(self, inputs, **options):
+        seen.append(options.get("ctc_weight"))
+        return original(self, inputs, **options)
+
+    monkeypatch.setattr(SambaASRRecognizer, "recognize", spy)
+    scores = {}
+    for weight in ("0", "0.9"):
+        code, out, _ = cli("transcribe", audio_tree["ax"], "--beam-size", "2", "--ctc-weight", weight)
+        assert code == 0
+        scores[weight] = _records(out)[0]["score"]
+        assert seen[-1] == float(weight)
+    assert scores["0"] != pytest.approx(scores["0.9"])
+    with pytest.raises(SystemExit):
+        cli("transcribe", audio_tree["ax"], "--ctc-weight", "1")
+    assert "expected a number in [0, 1)" in capsys.readouterr().err
+    image = tmp_path / "word.png"
+    image.write_bytes(b"not read: the option is refused first")
+    assert main(["transcribe", str(image), "--task", "text", "--ctc-weight", "0.5"]) == 2
+    assert "--ctc-weight is for speech" in capsys.readouterr().err
+
+
 def test_transcribe_help_does_not_import_torch_or_lightning():
     code = ("import sys\nfrom recognizers.cli import main\n"
             "try:\n    main(['transcribe', '--help'])\nexcept SystemExit:\n    pass\n"
@@ -433,9 +460,15 @@ def test_evaluate_prints_one_json_report(cli, corpus, tiny_asr):
     assert report["seconds"] > 0
     assert report["rtf"] > 0
 
-    code, out, _ = cli("evaluate", "--task", "speech", "--data", corpus, "--limit", "1")
+    assert (report["beam_size"], report["ctc_weight"]) == (4, 0.3)  # the recognizer's defaults
+
+    code, out, _ = cli("evaluate", "--task", "speech", "--data", corpus, "--limit", "1",
+                       "--ctc-weight", "0.5")
     assert code == 0
-    assert json.loads(out)["n"] == 1
+    assert (json.loads(out)["n"], json.loads(out)["ctc_weight"]) == (1, 0.5)
+    code, out, err = cli("evaluate", "--task", "math", "--data", corpus, "--ctc-weight", "0.5")
+    assert (code, out) == (2, "")
+    assert "--ctc-weight is for speech" in err
 
 
 def test_evaluate_on_a_folder_that_is_not_a_corpus(cli, audio_tree, tmp_path):
