@@ -227,7 +227,7 @@ def test_each_tab_offers_only_its_own_examples():
     assert formulas
     assert all(Path(f).name.startswith("formula-") and Path(f).is_file() for f in formulas)
     speech = app.examples("speech-", (".flac", ".wav"))
-    assert [Path(f).name for f in speech] == ["speech-no-sooner-said.flac"]
+    assert [Path(f).name for f in speech] == ["speech-quality-rather-than-quantity.flac"]
     words = app.examples("handwriting-", (".png",))
     assert not set(words) & set(formulas)
     assert all(Path(f).name.startswith("handwriting-") for f in words)

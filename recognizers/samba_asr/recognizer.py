@@ -107,7 +107,8 @@ class SambaASRRecognizer(Recognizer):
 
         Args:
             inputs: paths, or `(T,)` waveforms at 16 kHz (tensors or arrays).
-            beam_size: 1 = greedy attention decoding; more = joint CTC/attention beam search.
+            beam_size: 1 = greedy (one hypothesis, still scored jointly with CTC when ctc_weight > 0);
+                more = joint CTC/attention beam search.
             nbest: hypotheses per input in ``Result.nbest``; the beam widens to at least ``nbest``.
             ctc_weight: λ of the joint score (0 = attention only; ignored without a CTC head).
             length_penalty: exponent α of the length normalisation of final scores.
