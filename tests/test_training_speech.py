@@ -192,6 +192,10 @@ def test_fit_starts_from_a_trained_model_with_its_tokenizer(speech_corpus, tiny_
                        init_from=str(model_file))
     with pytest.raises(CheckpointError, match="no such model file"):
         model_tokenizer(str(tmp_path / "missing.safetensors"))
+    other = save_bundle(tmp_path / "other.safetensors",
+                        Bundle("handwriting", bundle.config, bundle.extras, start))
+    with pytest.raises(CheckpointError, match="not a Samba-ASR one"):
+        model_tokenizer(str(other))
 
     # the same through the command line, as the README gives it
     args = _fit_args(speech_corpus, tmp_path / "run", "--trainer.max_steps", "2",

@@ -182,13 +182,9 @@ def model_tokenizer(path: str) -> SentencePieceTokenizer:
         recognizers.checkpoint.CheckpointError: unreadable, not a Samba-ASR model, or no tokenizer in it.
     """
     from recognizers.checkpoint import CheckpointError, read_bundle
+    from recognizers.samba_asr.recognizer import bundle_tokenizer
 
-    bundle = read_bundle(path)
-    if bundle.model != "samba-asr":
-        raise CheckpointError(f"{path}: a {bundle.model!r} model, not a Samba-ASR one")
-    if not bundle.extras.get("tokenizer"):
-        raise CheckpointError(f"{path}: a Samba-ASR model file without its tokenizer")
     try:
-        return SentencePieceTokenizer.from_base64(bundle.extras["tokenizer"])
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: its tokenizer is unusable: {exc}") from exc
+        return bundle_tokenizer(read_bundle(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc

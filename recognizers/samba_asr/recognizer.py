@@ -19,10 +19,11 @@ from data.tokenizer import SentencePieceTokenizer
 from .. import decoding
 from ..base import InputError, Recognizer, Result, Word
 from ..checkpoint import Bundle, CheckpointError, load_weights
+from ..registry import ALIASES
 from .config import SambaASRConfig
 from .model import SambaASR
 
-__all__ = ["SambaASRRecognizer", "split_windows"]
+__all__ = ["SambaASRRecognizer", "bundle_tokenizer", "split_windows"]
 
 FRAME_SECONDS = 4 * HOP_LENGTH / SAMPLE_RATE  # one encoder frame: 4 feature hops = 40 ms
 
@@ -45,6 +46,22 @@ def split_windows(wave: torch.Tensor, max_seconds: float,
         start = cut
     spans.append((start, wave.numel()))
     return spans
+
+
+def bundle_tokenizer(bundle: Bundle) -> SentencePieceTokenizer:
+    """The sentencepiece tokenizer stored in a Samba-ASR bundle.
+
+    Raises:
+        CheckpointError: another model's bundle, no tokenizer in it, or an unreadable one.
+    """
+    if ALIASES.get(bundle.model, bundle.model) != SambaASRRecognizer.name:
+        raise CheckpointError(f"a {bundle.model!r} model file, not a Samba-ASR one")
+    if "tokenizer" not in bundle.extras:
+        raise CheckpointError("Samba-ASR model file without its tokenizer (metadata 'recognizers.tokenizer')")
+    try:
+        return SentencePieceTokenizer.from_base64(bundle.extras["tokenizer"])
+    except ValueError as exc:
+        raise CheckpointError(f"Samba-ASR tokenizer unusable: {exc}") from exc
 
 
 class SambaASRRecognizer(Recognizer):
@@ -77,14 +94,11 @@ class SambaASRRecognizer(Recognizer):
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device | str = "cpu") -> SambaASRRecognizer:
         """Build from ``recognizers.checkpoint.read_bundle`` output (strict weight loading)."""
-        if "tokenizer" not in bundle.extras:
-            raise CheckpointError("Samba-ASR model file without its tokenizer (metadata "
-                                  "'recognizers.tokenizer')")
+        tokenizer = bundle_tokenizer(bundle)
         try:
             model = SambaASR(SambaASRConfig.from_dict(bundle.config))
-            tokenizer = SentencePieceTokenizer.from_base64(bundle.extras["tokenizer"])
-        except (TypeError, KeyError, ValueError) as exc:  # unknown/missing config keys, bad values or proto
-            raise CheckpointError(f"Samba-ASR config or tokenizer unusable: {exc!r}") from exc
+        except (TypeError, KeyError, ValueError) as exc:  # unknown/missing config keys or bad values
+            raise CheckpointError(f"Samba-ASR config unusable: {exc!r}") from exc
         if tokenizer.vocab_size != model.cfg.vocab_size:
             raise CheckpointError(f"Samba-ASR model file: its tokenizer has {tokenizer.vocab_size} pieces, "
                                   f"its config vocab_size is {model.cfg.vocab_size}")
